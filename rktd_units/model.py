@@ -180,3 +180,38 @@ class PodFile:
     path: str
     format: ManifestFormat
     pod: Pod = field(default_factory=Pod)
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """appc image dependency."""
+
+    image_name: str
+    image_id: str | None = None
+    labels: tuple[NameValue, ...] = ()
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class ImageManifest:
+    """An appc ImageManifest (the `manifest` file of an ACI)."""
+
+    name: str
+    labels: tuple[NameValue, ...] = ()
+    app: App | None = None
+    annotations: tuple[NameValue, ...] = ()
+    dependencies: tuple[Dependency, ...] = ()
+    path_whitelist: tuple[str, ...] = ()
+    ac_version: str = "0.8.11"
+
+    def label(self, name: str) -> str | None:
+        for lab in self.labels:
+            if lab.name == name:
+                return lab.value
+        return None
+
+    def annotation(self, name: str) -> str | None:
+        for a in self.annotations:
+            if a.name == name:
+                return a.value
+        return None
