@@ -18,6 +18,18 @@ COMMANDS: dict[str, str] = {
     "validate": "rktd_units.cli_validate:validate",
     "cat-manifest": "rktd_units.cli_validate:cat_manifest",
     "export-kube": "rktd_units.cli_validate:export_kube",
+    "fetch": "rktd_units.cli_fetch:fetch",
+    "trust": "rktd_units.cli_fetch:trust",
+    "image": "rktd_units.cli_image:image",
+    "run": "rktd_units.cli_pods:run",
+    "prepare": "rktd_units.cli_pods:prepare",
+    "run-prepared": "rktd_units.cli_pods:run_prepared",
+    "list": "rktd_units.cli_pods:list_",
+    "status": "rktd_units.cli_pods:status",
+    "stop": "rktd_units.cli_pods:stop",
+    "enter": "rktd_units.cli_pods:enter",
+    "gc": "rktd_units.cli_pods:gc",
+    "rm": "rktd_units.cli_pods:rm",
 }
 
 

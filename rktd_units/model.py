@@ -81,6 +81,8 @@ class App:
     ports: tuple[Port, ...] = ()
     isolators: tuple[Isolator, ...] = ()
     event_handlers: tuple[EventHandler, ...] = ()
+    user_annotations: tuple[NameValue, ...] = ()  # appc `userAnnotations` (free-form, never interpreted)
+    user_labels: tuple[NameValue, ...] = ()
 
 
 @dataclass(frozen=True)

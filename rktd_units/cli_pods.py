@@ -1,0 +1,507 @@
+"""Pod verbs of `rktd`: run, prepare, run-prepared, list, status, stop, enter, gc, rm (rkt's spellings).
+
+`run` and `prepare` take pod-wide flags first, then `IMAGE [per-app flags] [-- ARGS] --- IMAGE2 …`;
+click parses the pod-wide flags and stops at the first IMAGE, the rest is parsed here from the
+PER_APP table (one entry per flag: its field, parser and help).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import click
+
+from rktd_units.cli import globals_of
+from rktd_units.errors import PodError, UsageError
+from rktd_units.model import Mount, NameValue, Volume, VolumeKind
+
+# -- per-app flags ------------------------------------------------------------------------------------
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "yes", "1", ""):
+        return True
+    if text.lower() in ("false", "no", "0"):
+        return False
+    raise UsageError(f"{text!r} is not a boolean")
+
+
+def _name_value(text: str) -> NameValue:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise UsageError(f"{text!r} is not NAME=VALUE")
+    return NameValue(name, value)
+
+
+def _kv(text: str, what: str) -> dict[str, str]:
+    """`a=1,b=2` (rkt's --volume/--mount syntax); a leading bare word is returned as `name`."""
+    out: dict[str, str] = {}
+    for i, item in enumerate(text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep and i == 0:
+            out["name"] = key
+        elif not sep:
+            raise UsageError(f"{what} {text!r}: {item!r} is not KEY=VALUE")
+        else:
+            out[key] = value
+    return out
+
+
+def parse_mount(text: str) -> Mount:
+    kv = _kv(text, "--mount")
+    if "volume" not in kv or "target" not in kv:
+        raise UsageError(f"--mount {text!r}: expected volume=NAME,target=PATH")
+    return Mount(kv["volume"], kv["target"])
+
+
+def parse_volume(text: str) -> Volume:
+    kv = _kv(text, "--volume")
+    name = kv.pop("name", None)
+    if not name:
+        raise UsageError(f"--volume {text!r}: expected NAME,kind=host,source=PATH or NAME,kind=empty")
+    try:
+        kind = VolumeKind(kv.pop("kind", "host"))
+    except ValueError:
+        raise UsageError(f"--volume {text!r}: kind must be host or empty") from None
+    ro = kv.pop("readOnly", None)
+    uid, gid = kv.pop("uid", None), kv.pop("gid", None)
+    vol = Volume(
+        name,
+        kind,
+        source=kv.pop("source", None),
+        read_only=_bool(ro) if ro is not None else None,
+        recursive=_bool(kv.pop("recursive")) if "recursive" in kv else None,
+        mode=kv.pop("mode", None),
+        uid=int(uid) if uid is not None else None,
+        gid=int(gid) if gid is not None else None,
+    )
+    if kv:
+        raise UsageError(f"--volume {text!r}: unknown keys {', '.join(sorted(kv))}")
+    if kind == VolumeKind.HOST and not vol.source:
+        raise UsageError(f"--volume {text!r}: a host volume needs source=PATH")
+    return vol
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(w for w in text.split(",") if w)
+
+
+@dataclass(frozen=True)
+class Flag:
+    field: str
+    parse: Callable[[str], Any]
+    repeat: bool = False
+    flag_only: bool = False  # --readonly-rootfs without a value means true
+    help: str = ""
+
+
+PER_APP: dict[str, Flag] = {
+    "--exec": Flag("exec", str, help="executable to run instead of the image's"),
+    "--name": Flag("name", str, help="the app's name in the pod"),
+    "--user": Flag("user", str, help="user (number, name in the image, or path)"),
+    "--group": Flag("group", str, help="group (number, name in the image, or path)"),
+    "--supplementary-gids": Flag(
+        "supplementary_gids", lambda t: tuple(int(x) for x in _words(t)), help="comma-separated gids"
+    ),
+    "--working-dir": Flag("working_dir", str, help="working directory"),
+    "--environment": Flag("environment", _name_value, repeat=True, help="NAME=VALUE for this app"),
+    "--mount": Flag("mounts", parse_mount, repeat=True, help="volume=NAME,target=PATH"),
+    "--readonly-rootfs": Flag("readonly_rootfs", _bool, flag_only=True, help="read-only rootfs"),
+    "--memory": Flag("memory", str, help="memory limit, e.g. 64M"),
+    "--cpu": Flag("cpu", str, help="CPU limit, e.g. 500m"),
+    "--cap-retain": Flag("cap_retain", _words, help="capabilities to keep (comma-separated)"),
+    "--cap-remove": Flag("cap_remove", _words, help="capabilities to drop (comma-separated)"),
+}
+
+
+def parse_images(tail: list[str]) -> tuple[Any, ...]:
+    """`IMAGE [flags] [-- ARGS] --- IMAGE2 …` → ImageArg per image."""
+    from rktd_units.stage0 import ImageArg
+
+    groups: list[list[str]] = [[]]
+    for token in tail:
+        if token == "---":
+            groups.append([])
+        else:
+            groups[-1].append(token)
+    out = []
+    for group in groups:
+        if not group:
+            if len(groups) > 1:
+                raise UsageError("empty image between '---' separators")
+            continue
+        image, rest = group[0], group[1:]
+        if image.startswith("-"):
+            raise UsageError(f"{image}: pod-wide flags go before the first IMAGE, per-app flags after it")
+        out.append(ImageArg(image=image, **_per_app(image, rest)))
+    return tuple(out)
+
+
+def _per_app(image: str, tokens: list[str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token == "--":
+            values["args"] = tuple(tokens[i + 1 :])
+            break
+        name, sep, value = token.partition("=")
+        flag = PER_APP.get(name)
+        if flag is None:
+            known = ", ".join(sorted(PER_APP))
+            raise UsageError(
+                f"{image}: unknown per-app flag {token!r}", hint=f"known: {known}; args after --"
+            )
+        if not sep:
+            if flag.flag_only:
+                value = "true"
+            elif i + 1 < len(tokens):
+                i += 1
+                value = tokens[i]
+            else:
+                raise UsageError(f"{image}: {name} needs a value")
+        parsed = flag.parse(value)
+        values[flag.field] = (*values.get(flag.field, ()), parsed) if flag.repeat else parsed
+        i += 1
+    return values
+
+
+# -- run, prepare, run-prepared ---------------------------------------------------------------------
+
+
+def _read_env_files(paths: tuple[str, ...]) -> tuple[NameValue, ...]:
+    out = []
+    for path in paths:
+        try:
+            lines = open(path, encoding="utf-8").read().splitlines()
+        except OSError as e:
+            raise UsageError(f"--set-env-file {path}: {e.strerror}") from None
+        out += [_name_value(line) for line in lines if line.strip() and not line.startswith("#")]
+    return tuple(out)
+
+
+def pod_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--pod-manifest", help="pod manifest: a pod NAME on the search path, or a PATH"),
+        click.option(
+            "--name", "pod_name", help="pod name (status/list show it; defaults to the manifest's)"
+        ),
+        click.option("--set-env", multiple=True, help="NAME=VALUE for every app"),
+        click.option("--set-env-file", multiple=True, help="file of NAME=VALUE lines for every app"),
+        click.option("--inherit-env", is_flag=True, help="apps inherit rktd's environment"),
+        click.option(
+            "--volume", multiple=True, help="NAME,kind=host,source=PATH[,readOnly=true] or kind=empty"
+        ),
+        click.option("--net", help="networks: default, host, none, NAME[:ARGS],… (default: default)"),
+        click.option("--dns", multiple=True, help="nameserver for the pod"),
+        click.option("--hostname", help="the pod's hostname (default rkt-UUID)"),
+        click.option("--port", multiple=True, help="NAME:[IP:]HOSTPORT: forward a host port to an app port"),
+        click.option("--uuid-file-save", help="write the pod's UUID to this file"),
+        click.option("--interactive", is_flag=True, help="connect the terminal to the (single) app"),
+        click.option("--stage1", type=click.Choice(["nspawn", "fly"]), help="stage1 flavour"),
+        click.option(
+            "--pull-policy", type=click.Choice(["new", "update", "never"]), default="new", show_default=True
+        ),
+        click.argument("tail", nargs=-1, type=click.UNPROCESSED),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+RUN_SETTINGS = {"ignore_unknown_options": True, "allow_interspersed_args": False}
+
+
+def _run_options(ctx: click.Context, kw: dict[str, Any], tail: tuple[str, ...] = ()) -> Any:
+    from rktd_units.stage0 import RunOptions
+
+    g = globals_of(ctx)
+    return RunOptions(
+        data_dir=g.dir,
+        local_config=g.local_config,
+        system_config=g.system_config,
+        insecure=g.insecure_options,
+        pod_manifest=kw["pod_manifest"],
+        images=parse_images(list(tail)),
+        name=kw["pod_name"],
+        set_env=tuple(_name_value(e) for e in kw["set_env"]) + _read_env_files(kw["set_env_file"]),
+        inherit_env=kw["inherit_env"],
+        volumes=tuple(parse_volume(v) for v in kw["volume"]),
+        net=kw["net"],
+        dns=tuple(kw["dns"]),
+        hostname=kw["hostname"],
+        ports=tuple(kw["port"]),
+        uuid_file_save=kw["uuid_file_save"],
+        interactive=kw["interactive"],
+        stage1=kw["stage1"],
+        pull_policy=kw["pull_policy"],
+        environ=dict(os.environ),
+    )
+
+
+@click.command(context_settings=RUN_SETTINGS)
+@pod_options
+@click.pass_context
+def run(ctx: click.Context, tail: tuple[str, ...], **kw: Any) -> NoReturn:
+    """Run a pod: IMAGE [--exec=… --user=… --mount=…] [-- ARGS] [--- IMAGE2 …], or --pod-manifest."""
+    from rktd_units import stage0
+
+    stage0.run(_run_options(ctx, kw, tail))
+
+
+@click.command(context_settings=RUN_SETTINGS)
+@pod_options
+@click.pass_context
+def prepare(ctx: click.Context, tail: tuple[str, ...], **kw: Any) -> None:
+    """Prepare a pod (resolve images, write its directory) without running it; prints its UUID."""
+    from rktd_units import stage0
+    from rktd_units.pods import State
+
+    pod_dir = stage0.prepare(_run_options(ctx, kw, tail))
+    pod_dir.move(State.PREPARED)
+    pod_dir.unlock()
+    click.echo(pod_dir.uuid)
+
+
+@click.command("run-prepared")
+@click.option("--interactive", is_flag=True, help="(accepted for rkt compatibility)")
+@click.argument("pod")
+@click.pass_context
+def run_prepared(ctx: click.Context, interactive: bool, pod: str) -> NoReturn:
+    """Run a prepared pod (by UUID, UUID prefix or name)."""
+    from rktd_units import stage0
+
+    g = globals_of(ctx)
+    opts = stage0.RunOptions(data_dir=g.dir, local_config=g.local_config, system_config=g.system_config)
+    stage0.run_prepared(opts, pod)
+
+
+# -- list, status -----------------------------------------------------------------------------------
+
+
+def _pods(ctx: click.Context) -> Any:
+    from rktd_units.pods import Pods
+
+    return Pods(globals_of(ctx).dir)
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+@click.command("list")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--full", is_flag=True, help="full UUIDs and image IDs")
+@click.option("--no-legend", is_flag=True, help="no header line")
+@click.pass_context
+def list_(ctx: click.Context, fmt: str, full: bool, no_legend: bool) -> None:
+    """List pods with their apps and state."""
+    infos = [p.info() for p in _pods(ctx).all()]
+    infos.sort(key=lambda i: i["created"])
+    if fmt == "json":
+        click.echo(json.dumps(infos, indent=2, sort_keys=True))
+        return
+    rows = [] if no_legend else [("UUID", "NAME", "APP", "IMAGE NAME", "STATE", "CREATED")]
+    for info in infos:
+        apps = info["apps"] or [{"name": "-", "image_name": "-"}]
+        for i, app in enumerate(apps):
+            first = i == 0
+            uuid = info["uuid"] if full else info["uuid"][:8]
+            rows.append(
+                (
+                    uuid if first else "",
+                    (info["name"] or "-") if first else "",
+                    app["name"] or "-",
+                    app["image_name"] or "-",
+                    info["state"] if first else "",
+                    _when(info["created"]) if first else "",
+                )
+            )
+    widths = [max(len(r[c]) for r in rows) for c in range(6)] if rows else []
+    for r in rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+@click.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--wait", is_flag=True, help="wait until the pod has exited")
+@click.argument("pod")
+@click.pass_context
+def status(ctx: click.Context, fmt: str, wait: bool, pod: str) -> None:
+    """Show a pod's state (by UUID, unique UUID prefix, or pod name)."""
+    pod_dir = _pods(ctx).find(pod)
+    if wait:
+        while pod_dir.is_locked():
+            time.sleep(0.1)
+    info = pod_dir.info()
+    if fmt == "json":
+        click.echo(json.dumps(info, indent=2, sort_keys=True))
+        return
+    click.echo(f"uuid={info['uuid']}")
+    click.echo(f"name={info['name'] or ''}")
+    click.echo(f"state={info['state']}")
+    click.echo(f"stage1={info['stage1'] or ''}")
+    click.echo(f"created={_when(info['created'])}")
+    click.echo(f"networks={info['networks'] or ''}")
+    if "pid" in info:
+        click.echo(f"pid={info['pid']}")
+    for app, code in sorted(info.get("app_exit_statuses", {}).items()):
+        click.echo(f"app-{app}={code}")
+
+
+# -- stop, enter, gc, rm ----------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def pod_init_pid(pod_dir: Any) -> int:
+    """The pod's first process: nspawn's child (the init, PID 1 of the pod), or the fly app itself."""
+    pid = pod_dir.pid()
+    if pid is None or not pod_dir.is_locked():
+        raise PodError(f"pod {pod_dir.uuid} is not running")
+    if pod_dir.config().get("stage1") == "fly":
+        return int(pid)
+    children = _children(pid)
+    if not children:
+        raise PodError(f"pod {pod_dir.uuid}: its init is not running yet")
+    return children[0]
+
+
+def stop_pod(pod_dir: Any, *, force: bool, timeout: float | None) -> None:
+    """SIGTERM (the pod's stop timeout, then SIGKILL) and wait; then release what it leaves."""
+    from rktd_units.pods import release_resources
+
+    if not pod_dir.is_locked():
+        raise PodError(f"pod {pod_dir.uuid} is not running")
+    cfg = pod_dir.config()
+    grace = float(cfg.get("stop_timeout", 30)) if timeout is None else timeout
+    pid = pod_dir.pid()
+    if force:
+        os.kill(pod_init_pid(pod_dir), signal.SIGKILL)
+    else:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace + 5
+    killed = force
+    while pod_dir.is_locked():
+        if time.monotonic() > deadline and not killed:
+            for target in (pod_init_pid(pod_dir), pid):
+                try:
+                    os.kill(target, signal.SIGKILL)
+                except (ProcessLookupError, PodError):
+                    pass
+            killed = True
+        time.sleep(0.05)
+    release_resources(pod_dir)
+
+
+@click.command()
+@click.option("--force", is_flag=True, help="SIGKILL at once")
+@click.option("--timeout", type=float, help="seconds before SIGKILL (default: the pod's stop timeout)")
+@click.argument("pods", nargs=-1, required=True)
+@click.pass_context
+def stop(ctx: click.Context, force: bool, timeout: float | None, pods: tuple[str, ...]) -> None:
+    """Stop running pods and wait until they are gone."""
+    failed = 0
+    for ref in pods:
+        try:
+            pod_dir = _pods(ctx).find(ref)
+            stop_pod(pod_dir, force=force, timeout=timeout)
+            click.echo(pod_dir.uuid)
+        except PodError as e:
+            click.echo(f"rktd: {e}", err=True)
+            failed += 1
+    if failed:
+        sys.exit(254)
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--app", help="the app to enter (default: the only one)")
+@click.argument("pod")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def enter(ctx: click.Context, app: str | None, pod: str, command: tuple[str, ...]) -> NoReturn:
+    """Run a command (default /bin/sh) in a running pod's app."""
+    pod_dir = _pods(ctx).find(pod)
+    cfg = pod_dir.config()
+    names = [a["name"] for a in cfg.get("apps", [])]
+    if app is None:
+        if len(names) != 1:
+            raise UsageError(f"pod has apps {', '.join(names)}: choose one with --app")
+        app = names[0]
+    if app not in names:
+        raise UsageError(f"pod has no app {app!r}", hint=f"apps: {', '.join(names)}")
+    pid = pod_init_pid(pod_dir)
+    if cfg.get("stage1") == "fly":
+        rootfs = f"{pod_dir.path}/stage1/rootfs/opt/stage2/{app}/rootfs"
+        ns = ["-m"]
+    else:
+        rootfs = f"/opt/stage2/{app}/rootfs"
+        ns = ["-m", "-u", "-i", "-n", "-p"]
+    argv = ["nsenter", "-t", str(pid), *ns, "--", "/usr/sbin/chroot", rootfs, *(command or ("/bin/sh",))]
+    os.execvp(argv[0], argv)
+
+
+def parse_duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise UsageError(f"{text!r} is not a duration (e.g. 30m, 10s)") from None
+
+
+@click.command()
+@click.option("--grace-period", default="30m", show_default=True, help="keep exited pods this long")
+@click.pass_context
+def gc(ctx: click.Context, grace_period: str) -> None:
+    """Mark exited pods as garbage and remove garbage older than the grace period."""
+    from rktd_units import pods
+
+    report = pods.gc(_pods(ctx), grace=parse_duration(grace_period))
+    for uuid in report.marked:
+        click.echo(f"marked {uuid}")
+    for uuid in report.removed:
+        click.echo(f"removed {uuid}")
+    for err in report.errors:
+        click.echo(f"rktd: gc: {err}", err=True)
+    if report.errors:
+        sys.exit(254)
+
+
+@click.command()
+@click.argument("pods", nargs=-1, required=True)
+@click.pass_context
+def rm(ctx: click.Context, pods: tuple[str, ...]) -> None:
+    """Remove pods that are not running."""
+    from rktd_units.pods import remove
+
+    failed = 0
+    for ref in pods:
+        try:
+            pod_dir = _pods(ctx).find(ref)
+            if pod_dir.is_locked():
+                raise PodError(f"pod {pod_dir.uuid} is running or being prepared", hint="rktd stop it first")
+            remove(pod_dir)
+            click.echo(pod_dir.uuid)
+        except PodError as e:
+            click.echo(f"rktd: {e}", err=True)
+            failed += 1
+    if failed:
+        sys.exit(254)

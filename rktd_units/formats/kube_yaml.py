@@ -1,0 +1,105 @@
+"""Safe YAML for manifests: one document, UTF-8, bounded in bytes, depth and alias expansion.
+
+PyYAML's safe loader (the C one when built) already refuses arbitrary tags; on top of that a
+manifest is at most MAX_BYTES, nests at most MAX_DEPTH levels, expands to at most MAX_NODES nodes
+through aliases (no "billion laughs"), has no alias inside its own anchor (no cycles) and no key
+given twice in a mapping (PyYAML silently keeps the last). Every problem is a ManifestError.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from rktd_units.errors import ManifestError
+
+MAX_BYTES = 1 << 20  # a pod manifest is a few KiB; more is a mistake or an attack
+MAX_NODES = 50_000  # YAML nodes after expanding aliases
+MAX_DEPTH = 64
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _fail(field: str, message: str, hint: str | None = None) -> ManifestError:
+    return ManifestError(None, field, message, hint=hint)
+
+
+def _at(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _node_children(node: yaml.Node, field: str) -> list[tuple[yaml.Node, str]]:
+    if isinstance(node, yaml.SequenceNode):
+        return [(child, f"{field}[{i}]") for i, child in enumerate(node.value)]
+    if not isinstance(node, yaml.MappingNode):
+        return []
+    out: list[tuple[yaml.Node, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for key, value in node.value:
+        name = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
+        path = _at(field, name)
+        if isinstance(key, yaml.ScalarNode) and key.tag != _MERGE:
+            if (key.tag, key.value) in seen:
+                raise _fail(path, "is given twice")
+            seen.add((key.tag, key.value))
+        out += [(key, path), (value, path)]
+    return out
+
+
+def _check_nodes(root: yaml.Node) -> None:
+    """Reject recursive aliases, deep nesting and documents that expand past MAX_NODES."""
+    sizes: dict[int, int] = {}
+    entered: set[int] = set()
+    stack: list[tuple[yaml.Node, str, int, bool]] = [(root, "", 0, False)]
+    while stack:
+        node, field, depth, done = stack.pop()
+        if done:
+            size = 1 + sum(sizes[id(child)] for child, _ in _node_children(node, field))
+            if size > MAX_NODES:
+                raise _fail(field, f"expands to more than {MAX_NODES} YAML nodes", hint="too many aliases")
+            sizes[id(node)] = size
+            entered.discard(id(node))
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in entered:
+            raise _fail(field, "a YAML alias refers to a node that contains it")
+        if depth > MAX_DEPTH:
+            raise _fail(field, f"is nested more than {MAX_DEPTH} levels deep")
+        entered.add(id(node))
+        stack.append((node, field, depth, True))
+        stack += [(c, f, depth + 1, False) for c, f in reversed(_node_children(node, field))]
+
+
+def parse_yaml(data: bytes) -> object:
+    """The one YAML document in `data`, safely constructed; ManifestError (field "") otherwise."""
+    if len(data) > MAX_BYTES:
+        raise _fail("", f"is larger than {MAX_BYTES // 1024} KiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _fail("", f"is not UTF-8 (at byte offset {e.start})") from None
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise _fail(
+                "", "is an empty YAML document", hint="a Kubernetes Pod needs apiVersion, kind, spec"
+            )
+        _check_nodes(node)
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as e:
+        where = (
+            f" at line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1}"
+            if e.problem_mark
+            else ""
+        )
+        raise _fail("", f"invalid YAML: {e.problem or e.context}{where}") from None
+    except yaml.reader.ReaderError as e:
+        raise _fail("", f"invalid YAML: {e.reason} (character {e.position})") from None
+    except yaml.YAMLError as e:  # no other kind is raised today; keep the message to one line
+        raise _fail("", "invalid YAML: " + " ".join(str(e).split())) from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:
+        raise _fail("", f"invalid YAML value: {type(e).__name__}") from None
+    finally:
+        loader.dispose()

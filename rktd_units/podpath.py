@@ -1,0 +1,230 @@
+"""Where pod manifests live: the search path, overrides, masks and StrictModes checks.
+
+The directories are searched in order and the first one holding `NAME.<suffix>` wins, as for
+systemd unit directories. An empty file or a symlink to /dev/null masks lower ones. Two formats
+of one name in one directory are ambiguous: an error for that name (and lower directories are
+not consulted for it, so a mistake never silently lets an older manifest through).
+
+StrictModes (as sshd's): a manifest, or the directory it is in, that is writable by group or
+others, or owned by anyone but root (or, when not running as root, by anyone but root or us), is
+refused: whoever can write it could run anything as root.
+
+Two passes (STYLE.md rule 4): `scan()` indexes every pod name without parsing anything,
+`load_all()` parses each winner; one bad file never stops the others.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rktd_units import formats
+from rktd_units.annotations import AC_NAME_RE
+from rktd_units.errors import ManifestError, PodError
+from rktd_units.model import ManifestFormat, PodFile
+
+DEFAULT_DIRS = ("/etc/rktd/pods", "/run/rktd/pods", "/usr/lib/rktd/pods")
+ENV_PATH = "RKTD_PODS_PATH"
+
+
+def search_path() -> list[Path]:
+    """The manifest directories, highest priority first; `RKTD_PODS_PATH` (colon-separated) replaces them."""
+    env = os.environ.get(ENV_PATH)
+    if env:
+        return [Path(p) for p in env.split(":") if p]
+    return [Path(p) for p in DEFAULT_DIRS]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The manifest file that wins for a pod name."""
+
+    name: str
+    path: Path
+    kind: ManifestFormat
+
+
+@dataclass(frozen=True)
+class Mask:
+    name: str
+    path: Path
+
+
+_Outcome = Candidate | Mask | ManifestError
+
+
+def _is_mask(path: Path, st: os.stat_result) -> bool:
+    if path.is_symlink() and os.path.realpath(path) == os.devnull:
+        return True
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0
+
+
+def _mode_problem(st: os.stat_result, what: str) -> str | None:
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{what} is writable by group or others"
+    euid = os.geteuid()
+    if st.st_uid not in (0, euid):
+        owner = "root" if euid == 0 else f"root or uid {euid}"
+        return f"{what} is owned by uid {st.st_uid}, not {owner}"
+    return None
+
+
+def _strict(path: Path, dir_st: os.stat_result, st: os.stat_result) -> ManifestError | None:
+    problem = _mode_problem(dir_st, "its directory") or _mode_problem(st, "the manifest")
+    if problem:
+        return ManifestError(
+            str(path), "", f"refused: {problem}", hint=f"chmod go-w and chown root {path.parent} and {path}"
+        )
+    return None
+
+
+def _entries(directory: Path) -> dict[str, list[tuple[Path, formats.Format]]] | None:
+    """Manifest files of one directory grouped by stem; None if the directory does not exist."""
+    try:
+        names = sorted(os.listdir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    out: dict[str, list[tuple[Path, formats.Format]]] = {}
+    for entry in names:
+        fmt = formats.format_for(entry)
+        if fmt is None or entry.startswith("."):
+            continue
+        out.setdefault(entry[: -len(os.path.splitext(entry)[1])], []).append((directory / entry, fmt))
+    return out
+
+
+def _decide(name: str, files: list[tuple[Path, formats.Format]], dir_st: os.stat_result) -> _Outcome:
+    """What one directory says about one pod name."""
+    if len(files) > 1:
+        paths = " and ".join(str(p) for p, _ in files)
+        return ManifestError(
+            str(files[0][0]), "", f"pod {name!r} is given twice in one directory: {paths}", hint="remove one"
+        )
+    path, fmt = files[0]
+    try:
+        st = path.stat()
+    except OSError as e:
+        return ManifestError(str(path), "", f"cannot read: {e.strerror or e}")
+    if _is_mask(path, st):
+        dir_problem = _mode_problem(dir_st, "its directory")
+        if dir_problem:
+            return ManifestError(str(path), "", f"refused: {dir_problem}", hint=f"chmod go-w {path.parent}")
+        return Mask(name, path)
+    if not stat.S_ISREG(st.st_mode):
+        return ManifestError(str(path), "", "not a regular file")
+    return _strict(path, dir_st, st) or Candidate(name, path, fmt.kind)
+
+
+def _index(dirs: Sequence[Path] | None) -> tuple[dict[str, _Outcome], list[ManifestError]]:
+    """Every pod name's outcome (first directory wins) and the errors of files that name no pod."""
+    outcomes: dict[str, _Outcome] = {}
+    stray: list[ManifestError] = []
+    for directory in search_path() if dirs is None else dirs:
+        groups = _entries(directory)
+        if groups is None:
+            continue
+        try:
+            dir_st = directory.stat()
+        except OSError as e:
+            stray.append(ManifestError(str(directory), "", f"cannot read: {e.strerror or e}"))
+            continue
+        for name, files in groups.items():
+            if not AC_NAME_RE.match(name):
+                for path, _ in files:
+                    stray.append(
+                        ManifestError(
+                            str(path),
+                            "",
+                            f"{name!r} is not a pod name (an AC Name)",
+                            hint="lower-case letters, digits and single dashes, e.g. my-pod.json",
+                        )
+                    )
+            elif name not in outcomes:
+                outcomes[name] = _decide(name, files, dir_st)
+    return outcomes, stray
+
+
+def _sorted_errors(errors: Iterable[ManifestError]) -> list[ManifestError]:
+    return sorted(errors, key=lambda e: (e.path or "", e.field, e.message))
+
+
+def scan(dirs: Sequence[Path] | None = None) -> tuple[list[Candidate], list[ManifestError]]:
+    """First pass: the winning manifest file per pod name (sorted by name), and the files refused."""
+    outcomes, errors = _index(dirs)
+    candidates = [o for _, o in sorted(outcomes.items()) if isinstance(o, Candidate)]
+    errors += [o for o in outcomes.values() if isinstance(o, ManifestError)]
+    return candidates, _sorted_errors(errors)
+
+
+def all_names(candidates: Iterable[Candidate]) -> frozenset[str]:
+    """Every indexed pod name, for checking references such as `rktd/after`."""
+    return frozenset(c.name for c in candidates)
+
+
+def load_candidate(candidate: Candidate) -> PodFile:
+    return formats.load(candidate.path, candidate.name)
+
+
+def load_all(dirs: Sequence[Path] | None = None) -> tuple[list[PodFile], list[ManifestError]]:
+    """Second pass: parse every winning manifest; one bad file never stops the others."""
+    candidates, errors = scan(dirs)
+    pods: list[PodFile] = []
+    for candidate in candidates:
+        try:
+            pods.append(load_candidate(candidate))
+        except ManifestError as e:
+            errors.append(e)
+    return pods, _sorted_errors(errors)
+
+
+def is_path(name_or_path: str) -> bool:
+    """Does a command-line argument name a file (rather than a pod on the search path)?"""
+    return "/" in name_or_path or formats.format_for(name_or_path) is not None
+
+
+def find(name_or_path: str, dirs: Sequence[Path] | None = None) -> PodFile:
+    """The pod for `rktd run --pod-manifest=NAME|PATH`: a file (named by its stem) or a search-path name."""
+    if is_path(name_or_path):
+        path = Path(name_or_path)
+        name = path.name[: -len(path.suffix)] if path.suffix else path.name
+        if not AC_NAME_RE.match(name):
+            raise ManifestError(
+                str(path), "", f"{name!r} is not a pod name (an AC Name)", hint="rename the file"
+            )
+        if path.is_dir():
+            raise ManifestError(str(path), "", "is a directory, not a manifest file")
+        return formats.load(path, name)
+    if not AC_NAME_RE.match(name_or_path):
+        raise PodError(f"{name_or_path!r} is not a pod name (an AC Name) or a manifest path")
+    searched = search_path() if dirs is None else list(dirs)
+    outcome = _index(searched)[0].get(name_or_path)
+    if outcome is None:
+        where = ":".join(str(d) for d in searched)
+        raise PodError(f"no pod manifest named {name_or_path!r} in {where}", hint=f"add {name_or_path}.json")
+    if isinstance(outcome, Mask):
+        raise PodError(f"pod {name_or_path!r} is masked by {outcome.path}")
+    if isinstance(outcome, ManifestError):
+        raise outcome
+    return load_candidate(outcome)
+
+
+def dangling_references(pod_file: PodFile, names: Iterable[str]) -> list[ManifestError]:
+    """`rktd/after` and `rktd/requires` words that look like pod names but name no indexed pod."""
+    known = set(names)
+    prefix = "annotations" if pod_file.format is ManifestFormat.APPC else "metadata.annotations"
+    errors = []
+    for annotation in ("rktd/after", "rktd/requires"):
+        for word in (pod_file.pod.annotation(annotation) or "").split():
+            if AC_NAME_RE.match(word) and word not in known:
+                errors.append(
+                    ManifestError(
+                        pod_file.path,
+                        f"{prefix}[{annotation}]",
+                        f"no pod named {word!r}",
+                        hint="add its manifest, or name a unit such as NAME.service",
+                    )
+                )
+    return errors

@@ -1,0 +1,379 @@
+"""Pod directories and their lifecycle, as rkt kept them.
+
+A pod lives in `<dir>/pods/<state>/<uuid>` and changes state by an atomic rename of that
+directory. While stage0 prepares a pod and while stage1 runs it, the directory is locked with
+flock(2) (stage0 opens the directory, locks it and leaves the descriptor open across exec, so
+the lock belongs to stage1, and the kernel drops it when stage1's last process dies). So a pod
+in `run` is *running* if its lock is held and *exited* otherwise, read from the kernel rather
+than from a pid file that may lie.
+
+    embryo ─► prepare ─► prepared ─► run ─► (exited) ─gc─► exited-garbage ─gc(grace)─► deleted
+                 └─(stage0 died)─gc─► garbage ─gc─► deleted
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import fcntl
+import json
+import os
+import shutil
+import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rktd_units.errors import PodError
+
+
+class State(enum.StrEnum):
+    """A pod directory's parent directory under `<dir>/pods`."""
+
+    EMBRYO = "embryo"
+    PREPARE = "prepare"
+    PREPARED = "prepared"
+    RUN = "run"
+    EXITED_GARBAGE = "exited-garbage"
+    GARBAGE = "garbage"
+
+
+# Files inside a pod directory (rkt's `pod` is the final pod manifest).
+MANIFEST = "pod"
+STAGE1_CONFIG = "stage1.json"
+PID_FILE = "pid"
+STATUS_DIR = "status"  # status/<app>: the app's exit status, written by stage1
+CGROUPS_FILE = "cgroups"  # cgroup directories stage1 created, one per line, removed at gc
+NETWORK_STATE = "net/state.json"  # written by rktd_units.network.setup(); gc tears the network down
+
+DEFAULT_GRACE = 30 * 60.0
+
+
+@dataclass
+class PodDir:
+    """One pod directory. `lock_fd` is set while this process holds the pod's lock."""
+
+    root: Path  # <dir>/pods
+    uuid: str
+    state: State
+    lock_fd: int | None = field(default=None, repr=False)
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.state.value / self.uuid
+
+    # -- locking ---------------------------------------------------------------------------------
+    def lock(self, *, shared: bool = False, blocking: bool = False) -> None:
+        """Take the pod's flock; PodError if another process holds it."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        op = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, op)
+        except BlockingIOError:
+            os.close(fd)
+            raise PodError(f"pod {self.uuid} is locked by another process") from None
+        self.lock_fd = fd
+
+    def unlock(self) -> None:
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+    def is_locked(self) -> bool:
+        """True while some process (stage0 preparing, stage1 running) holds the pod's lock."""
+        if self.lock_fd is not None:
+            return True
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    # -- transitions -----------------------------------------------------------------------------
+    def move(self, to: State) -> None:
+        """Atomically rename the pod directory into state `to` (the lock, on the inode, stays)."""
+        src = self.path
+        dst = self.root / to.value / self.uuid
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(src, dst)
+        except OSError as e:
+            raise PodError(f"pod {self.uuid}: cannot move {self.state} -> {to}: {e.strerror}") from None
+        self.state = to
+
+    # -- contents --------------------------------------------------------------------------------
+    def read_json(self, name: str) -> Any:
+        try:
+            return json.loads((self.path / name).read_bytes())
+        except (OSError, ValueError):
+            return None
+
+    def write_atomic(self, name: str, data: bytes) -> None:
+        write_atomic(self.path / name, data)
+
+    def config(self) -> dict[str, Any]:
+        cfg = self.read_json(STAGE1_CONFIG)
+        return cfg if isinstance(cfg, dict) else {}
+
+    def pid(self) -> int | None:
+        try:
+            return int((self.path / PID_FILE).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def app_statuses(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        status_dir = self.path / STATUS_DIR
+        if status_dir.is_dir():
+            for entry in sorted(status_dir.iterdir()):
+                try:
+                    out[entry.name] = int(entry.read_text().strip())
+                except (OSError, ValueError):
+                    continue
+        return out
+
+    def display_state(self) -> str:
+        """rkt's pod states as `rkt list` showed them."""
+        locked = self.is_locked()
+        match self.state:
+            case State.EMBRYO:
+                return "embryo"
+            case State.PREPARE:
+                return "preparing" if locked else "abort-prepare"
+            case State.PREPARED:
+                return "prepared"
+            case State.RUN:
+                return "running" if locked else "exited"
+            case State.EXITED_GARBAGE:
+                return "exited-garbage"
+            case State.GARBAGE:
+                return "garbage"
+
+    def created(self) -> float:
+        cfg = self.config()
+        value = cfg.get("created")
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return self.path.stat().st_ctime
+        except OSError:
+            return 0.0
+
+    def info(self) -> dict[str, Any]:
+        """What `list` and `status` show, as a JSON-able dict."""
+        cfg = self.config()
+        state = self.display_state()
+        apps = [
+            {"name": a.get("name"), "image_name": a.get("image_name"), "image_id": a.get("image_id")}
+            for a in cfg.get("apps", [])
+        ]
+        out: dict[str, Any] = {
+            "uuid": self.uuid,
+            "name": cfg.get("name"),
+            "state": state,
+            "stage1": cfg.get("stage1"),
+            "created": self.created(),
+            "apps": apps,
+            "networks": cfg.get("net"),
+        }
+        if state == "running":
+            out["pid"] = self.pid()
+        statuses = self.app_statuses()
+        if statuses:
+            out["app_exit_statuses"] = statuses
+        return out
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write to a temporary name in the same directory, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+class Pods:
+    """The pod directories under `<dir>/pods`."""
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.root = Path(data_dir) / "pods"
+
+    def create(self, pod_uuid: str | None = None) -> PodDir:
+        """A new pod directory in `embryo`, moved to `prepare` and locked by the caller."""
+        pod_uuid = pod_uuid or str(uuidlib.uuid4())
+        embryo = self.root / State.EMBRYO.value
+        embryo.mkdir(parents=True, exist_ok=True)
+        for state in State:
+            if (self.root / state.value / pod_uuid).exists():
+                raise PodError(f"pod {pod_uuid} already exists")
+        pod = PodDir(self.root, pod_uuid, State.EMBRYO)
+        os.mkdir(pod.path, 0o711)
+        pod.lock()
+        pod.move(State.PREPARE)
+        return pod
+
+    def all(self) -> Iterator[PodDir]:
+        for state in State:
+            d = self.root / state.value
+            try:
+                names = sorted(os.listdir(d))
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if not name.startswith("."):
+                    yield PodDir(self.root, name, state)
+
+    def find(self, ref: str) -> PodDir:
+        """A pod by UUID, unique UUID prefix, or pod name (the manifest name or `--name`)."""
+        ref = ref.strip()
+        if not ref:
+            raise PodError("empty pod reference")
+        pods = list(self.all())
+        exact = [p for p in pods if p.uuid == ref]
+        if exact:
+            return exact[0]
+        by_prefix = [p for p in pods if p.uuid.startswith(ref)]
+        if len(by_prefix) == 1:
+            return by_prefix[0]
+        if len(by_prefix) > 1:
+            raise PodError(f"pod UUID prefix {ref!r} is ambiguous", hint="give more characters")
+        by_name = [p for p in pods if p.config().get("name") == ref]
+        if not by_name:
+            raise PodError(f"no pod {ref!r}", hint="see `rktd list`")
+        # A name may have been run many times: prefer a running pod, then the newest.
+        by_name.sort(key=lambda p: (p.display_state() == "running", p.created()))
+        return by_name[-1]
+
+    def read_uuid_file(self, path: str) -> str:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as e:
+            raise PodError(f"cannot read UUID file {path}: {e.strerror}") from None
+
+
+# -- garbage collection ----------------------------------------------------------------------------
+
+
+@dataclass
+class GcReport:
+    marked: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def gc(pods: Pods, *, grace: float = DEFAULT_GRACE, prepared_expiry: float = 24 * 3600.0) -> GcReport:
+    """Mark exited pods as garbage; delete garbage older than `grace`; abandon dead preparations."""
+    report = GcReport()
+    now = time.time()
+    for pod in list(pods.all()):
+        try:
+            _gc_one(pod, now, grace, prepared_expiry, report)
+        except (OSError, PodError) as e:
+            report.errors.append(f"{pod.uuid}: {e}")
+    return report
+
+
+def _gc_one(pod: PodDir, now: float, grace: float, expiry: float, report: GcReport) -> None:
+    if pod.state in (State.RUN, State.EMBRYO, State.PREPARE) and not pod.is_locked():
+        target = State.EXITED_GARBAGE if pod.state == State.RUN else State.GARBAGE
+        pod.lock()
+        try:
+            pod.move(target)
+            os.utime(pod.path)  # the grace period counts from marking
+        finally:
+            pod.unlock()
+        report.marked.append(pod.uuid)
+    if pod.state == State.PREPARED and now - pod.path.stat().st_mtime > expiry:
+        pod.lock()
+        try:
+            pod.move(State.GARBAGE)
+        finally:
+            pod.unlock()
+        report.marked.append(pod.uuid)
+    if pod.state in (State.EXITED_GARBAGE, State.GARBAGE):
+        age = time.time() - pod.path.stat().st_mtime
+        if pod.state == State.GARBAGE or grace <= 0 or age >= grace:
+            remove(pod)
+            report.removed.append(pod.uuid)
+
+
+def remove(pod: PodDir) -> None:
+    """Delete a pod that no longer runs: leftover mounts, network, cgroups, then the directory."""
+    pod.lock()
+    try:
+        release_resources(pod)
+        shutil.rmtree(pod.path)
+    finally:
+        pod.unlock()
+
+
+def release_resources(pod: PodDir) -> None:
+    """Undo what an abnormally ended stage1 may have left: mounts under the pod dir, CNI, cgroups."""
+    _unmount_below(pod.path)
+    if (pod.path / NETWORK_STATE).exists():
+        network = optional_module("rktd_units.network")
+        if network is not None:
+            network.teardown(pod.uuid, pod.path, local_config=Path("/etc/rktd"))
+    remove_cgroups(pod.path)
+
+
+def optional_module(name: str) -> Any:
+    """A module written by another area that may not exist yet (network, fetch), or None."""
+    import importlib.util
+
+    if importlib.util.find_spec(name) is None:
+        return None
+    return importlib.import_module(name)
+
+
+def remove_cgroups(pod_path: Path) -> None:
+    try:
+        lines = (pod_path / CGROUPS_FILE).read_text().splitlines()
+    except OSError:
+        return
+    for line in sorted(lines, key=len, reverse=True):
+        cg = Path(line.strip())
+        if not line.strip() or not cg.is_dir():
+            continue
+        for child in sorted((c for c in cg.iterdir() if c.is_dir()), reverse=True):
+            _rmdir_cgroup(child)
+        _rmdir_cgroup(cg)
+
+
+def _rmdir_cgroup(path: Path) -> None:
+    try:
+        os.rmdir(path)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT,):
+            raise PodError(f"cannot remove cgroup {path}: {e.strerror}") from None
+
+
+def mounts_below(path: Path) -> list[str]:
+    """Mount points at or below `path`, deepest first (from /proc/self/mountinfo)."""
+    prefix = os.fspath(path.resolve())
+    out = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            target = line.split()[4].replace("\\040", " ")
+            if target == prefix or target.startswith(prefix + "/"):
+                out.append(target)
+    return sorted(out, key=len, reverse=True)
+
+
+def _unmount_below(path: Path) -> None:
+    from rktd_units.run import run
+
+    for target in mounts_below(path):
+        run(["umount", "--lazy", target], check=False)

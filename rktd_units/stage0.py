@@ -1,0 +1,569 @@
+"""stage0: turn a pod manifest (or images named on the command line) into a prepared pod directory,
+then hand it to stage1 by `exec`, so stage1 is the unit's main process and nothing of stage0 stays.
+
+`prepare()` resolves every image in the store (fetching when allowed), merges each image's app
+with the pod's overrides, writes the final pod manifest (`pod`, with image IDs, as rkt) and the
+runtime description stage1 reads (`stage1.json`: per app the store tree, argv, environment,
+numeric user and groups, mounts, limits). `run_prepared()` locks the pod, moves it to `run`, sets
+up the network and execs stage1 with the lock (and the store's image holds) inherited.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, NoReturn
+
+from rktd_units.errors import ImageError, PodError, UsageError
+from rktd_units.model import (
+    App,
+    ImageManifest,
+    ImageRef,
+    Mount,
+    NameValue,
+    Pod,
+    RuntimeApp,
+    Volume,
+    VolumeKind,
+)
+from rktd_units.pods import MANIFEST, STAGE1_CONFIG, PodDir, Pods, State, write_atomic
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NOTIFY_ANNOTATION = "appc.io/executor/supports-systemd-notify"
+INIT_SOURCE = Path(__file__).parent / "stage1" / "init.py"
+
+
+@dataclass(frozen=True)
+class ImageArg:
+    """One IMAGE of `rktd run IMAGE [flags] [-- args] --- IMAGE2 ...` with its per-app flags."""
+
+    image: str
+    exec: str | None = None
+    args: tuple[str, ...] | None = None
+    name: str | None = None
+    user: str | None = None
+    group: str | None = None
+    supplementary_gids: tuple[int, ...] | None = None
+    working_dir: str | None = None
+    environment: tuple[NameValue, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    readonly_rootfs: bool | None = None
+    memory: str | None = None
+    cpu: str | None = None
+    cap_retain: tuple[str, ...] | None = None
+    cap_remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    data_dir: str
+    local_config: str = "/etc/rktd"
+    system_config: str = "/usr/lib/rktd"
+    insecure: frozenset[str] = frozenset()
+    pod_manifest: str | None = None
+    images: tuple[ImageArg, ...] = ()
+    name: str | None = None
+    set_env: tuple[NameValue, ...] = ()
+    inherit_env: bool = False
+    volumes: tuple[Volume, ...] = ()
+    net: str | None = None
+    dns: tuple[str, ...] = ()
+    hostname: str | None = None
+    ports: tuple[str, ...] = ()
+    uuid_file_save: str | None = None
+    interactive: bool = False
+    stage1: str | None = None
+    pull_policy: str = "new"
+    environ: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """An app of the pod with its image found in the store."""
+
+    app: RuntimeApp
+    image_id: str
+    manifest: ImageManifest
+    rootfs: Path
+
+
+# -- the pod to run ----------------------------------------------------------------------------------
+
+
+def pod_from_options(opts: RunOptions) -> tuple[Pod, str | None]:
+    """The pod and its name: from `--pod-manifest`, or built from the images on the command line."""
+    if opts.pod_manifest:
+        if opts.images:
+            raise UsageError("--pod-manifest and images on the command line exclude each other")
+        from rktd_units import podpath
+
+        pod_file = podpath.find(opts.pod_manifest)
+        pod = pod_file.pod
+        if opts.volumes:
+            pod = replace(pod, volumes=_merge_volumes(pod.volumes, opts.volumes))
+        return pod, opts.name or pod_file.name
+    if not opts.images:
+        raise UsageError("nothing to run", hint="give an IMAGE or --pod-manifest=NAME|PATH")
+    apps: list[RuntimeApp] = []
+    taken: set[str] = set()
+    for arg in opts.images:
+        name = arg.name or _app_name(arg.image, taken)
+        if name in taken:
+            raise UsageError(f"two apps are named {name!r}", hint="set --name after each IMAGE")
+        taken.add(name)
+        apps.append(RuntimeApp(name=name, image=_image_ref(arg.image), mounts=arg.mounts))
+    return Pod(apps=tuple(apps), volumes=opts.volumes), opts.name
+
+
+def _merge_volumes(base: tuple[Volume, ...], extra: tuple[Volume, ...]) -> tuple[Volume, ...]:
+    names = {v.name for v in extra}
+    return tuple(v for v in base if v.name not in names) + extra
+
+
+def _app_name(image: str, taken: set[str]) -> str:
+    """rkt's default app name: the image name's last path component, made an AC Name."""
+    base = image.rstrip("/").rsplit("/", 1)[-1].split(":", 1)[0].split(",", 1)[0]
+    for suffix in (".aci", ".tar", ".gz"):
+        base = base.removesuffix(suffix)
+    base = "".join(c if c.isalnum() else "-" for c in base.lower()).strip("-") or "app"
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def _is_fetchable(image: str) -> bool:
+    return "://" in image or image.startswith((".", "/")) or image.endswith(".aci")
+
+
+def _image_ref(image: str) -> ImageRef:
+    """`sha512-…` is an ID; `name:version` and `name,label=value,…` carry labels (rkt's syntax)."""
+    if image.startswith("sha512-"):
+        return ImageRef(id=image)
+    if _is_fetchable(image):
+        return ImageRef(name=image)
+    name, *pairs = image.split(",")
+    labels = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UsageError(f"image {image!r}: label {pair!r} is not NAME=VALUE")
+        labels.append(NameValue(key, value))
+    if ":" in name:
+        name, version = name.rsplit(":", 1)
+        labels.append(NameValue("version", version))
+    return ImageRef(name=name, labels=tuple(labels))
+
+
+# -- images ------------------------------------------------------------------------------------------
+
+
+def resolve_images(pod: Pod, opts: RunOptions) -> list[Resolved]:
+    from rktd_units.store import Store
+
+    store = Store(opts.data_dir)
+    out = []
+    for ra in pod.apps:
+        info = _find_image(store, ra.image, opts)
+        out.append(Resolved(ra, info.id, info.manifest, store.rootfs(info.id)))
+    return out
+
+
+def _find_image(store: Any, ref: ImageRef, opts: RunOptions) -> Any:
+    if ref.id:
+        return store.get(ref.id)
+    assert ref.name is not None
+    if not _is_fetchable(ref.name) and not ref.is_docker:
+        found = store.find(ref.name, {label.name: label.value for label in ref.labels})
+        if found is not None:
+            return found
+    if opts.pull_policy == "never":
+        raise ImageError(f"image {ref.name} is not in the store", hint="rktd fetch it, or allow pulling")
+    from rktd_units.pods import optional_module
+
+    fetch = optional_module("rktd_units.fetch")
+    if fetch is None:
+        raise ImageError(f"image {ref.name} is not in the store and fetching is not available")
+    from rktd_units.trust import KeyStore
+
+    name = ref.name
+    labels = ",".join(f"{lab.name}={lab.value}" for lab in ref.labels)
+    image = f"{name},{labels}" if labels and not _is_fetchable(name) else name
+    return fetch.fetch(
+        image,
+        store=store,
+        keys=KeyStore(opts.local_config, opts.system_config),
+        insecure=opts.insecure,
+        pull_policy=opts.pull_policy,
+    )
+
+
+def final_manifest(resolved: Sequence[Resolved], pod: Pod) -> Pod:
+    """The pod manifest as run: every image pinned by ID, every app spelled out (rkt's `pod` file)."""
+    apps = []
+    for r in resolved:
+        image = ImageRef(name=r.manifest.name, id=r.image_id, labels=r.manifest.labels)
+        apps.append(replace(r.app, image=image, app=r.app.app or r.manifest.app))
+    return replace(pod, apps=tuple(apps))
+
+
+# -- what stage1 runs: one app ---------------------------------------------------------------------
+
+
+def app_spec(r: Resolved, ra: RuntimeApp, pod: Pod, opts: RunOptions, pod_path: Path) -> dict[str, Any]:
+    """One app of stage1.json: everything resolved to what the kernel takes (paths, numbers)."""
+    arg = _image_arg_for(ra.name, opts, pod)
+    app = ra.app or App()
+    exec_ = _exec(app, arg, ra.name)
+    uid, home = resolve_user(r.rootfs, (arg and arg.user) or app.user)
+    gid = resolve_group(r.rootfs, (arg and arg.group) or app.group)
+    isolators = _isolators(pod, app, arg)
+    env = _environment(app, arg, opts, ra.name, home)
+    socket_ports = [port.name for a, port, _ in pod.socket_activated_ports() if a.name == ra.name]
+    read_only = arg.readonly_rootfs if arg and arg.readonly_rootfs is not None else ra.read_only_rootfs
+    return {
+        "name": ra.name,
+        "image_name": r.manifest.name,
+        "image_id": r.image_id,
+        "lower": str(r.rootfs),
+        "read_only_rootfs": read_only,
+        "exec": exec_,
+        "env": sorted(env.items()),
+        "uid": uid,
+        "gid": gid,
+        "gids": list(
+            arg.supplementary_gids if arg and arg.supplementary_gids is not None else app.supplementary_gids
+        ),
+        "workdir": (arg and arg.working_dir) or app.working_directory or "/",
+        "mounts": _mounts(r, ra, app, pod, pod_path),
+        "ports": [{"name": p.name, "port": p.port, "protocol": str(p.protocol)} for p in app.ports],
+        "socket_ports": socket_ports,
+        "notify": r.manifest.annotation(NOTIFY_ANNOTATION) == "true",
+        "pre_start": [list(h.exec) for h in app.event_handlers if h.name == "pre-start"],
+        "post_stop": [list(h.exec) for h in app.event_handlers if h.name == "post-stop"],
+        **isolators,
+    }
+
+
+def _image_arg_for(name: str, opts: RunOptions, pod: Pod) -> ImageArg | None:
+    if opts.pod_manifest:
+        return None
+    index = [a.name for a in pod.apps].index(name)
+    return opts.images[index]
+
+
+def _exec(app: App, arg: ImageArg | None, name: str) -> list[str]:
+    exec_ = list(app.exec)
+    if arg is not None:
+        if arg.exec:
+            exec_ = [arg.exec, *(arg.args or ())]
+        elif arg.args is not None:
+            exec_ = [*exec_[:1], *arg.args]
+    if not exec_:
+        raise PodError(f"app {name}: nothing to execute", hint="the image has no app.exec: give --exec")
+    return exec_
+
+
+def _environment(app: App, arg: ImageArg | None, opts: RunOptions, name: str, home: str) -> dict[str, str]:
+    env: dict[str, str] = dict(opts.environ) if opts.inherit_env else {}
+    env.update({e.name: e.value for e in app.environment})
+    env.update({e.name: e.value for e in opts.set_env})
+    if arg is not None:
+        env.update({e.name: e.value for e in arg.environment})
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.setdefault("HOME", home)
+    env["AC_APP_NAME"] = name
+    return env
+
+
+def _passwd(rootfs: Path, name: str) -> list[list[str]]:
+    from rktd_units.stage1 import resolve_in_root
+
+    try:
+        text = Path(resolve_in_root(str(rootfs), f"/etc/{name}")).read_text(errors="replace")
+    except OSError:
+        return []
+    return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def resolve_user(rootfs: Path, user: str) -> tuple[int, str]:
+    """appc `user`: a number, a name in the image's /etc/passwd, or a path whose owner it is."""
+    entries = _passwd(rootfs, "passwd")
+    if user.isdigit():
+        uid = int(user)
+        home = next((e[5] for e in entries if len(e) > 5 and e[2] == user), "/root" if uid == 0 else "/")
+        return uid, home
+    if user.startswith("/"):
+        from rktd_units.stage1 import resolve_in_root
+
+        return os.stat(resolve_in_root(str(rootfs), user)).st_uid, "/"
+    for e in entries:
+        if len(e) > 5 and e[0] == user and e[2].isdigit():
+            return int(e[2]), e[5]
+    raise PodError(f"user {user!r} not found in the image's /etc/passwd", hint="give a number")
+
+
+def resolve_group(rootfs: Path, group: str) -> int:
+    if group.isdigit():
+        return int(group)
+    if group.startswith("/"):
+        from rktd_units.stage1 import resolve_in_root
+
+        return os.stat(resolve_in_root(str(rootfs), group)).st_gid
+    for e in _passwd(rootfs, "group"):
+        if len(e) > 2 and e[0] == group and e[2].isdigit():
+            return int(e[2])
+    raise PodError(f"group {group!r} not found in the image's /etc/group", hint="give a number")
+
+
+def _mounts(r: Resolved, ra: RuntimeApp, app: App, pod: Pod, pod_path: Path) -> list[dict[str, Any]]:
+    """Each mount as {source on the host, target in the app, read_only}; rkt's implicit volumes for
+    mount points nothing mounts (a pod volume of the same name, else an empty one)."""
+    volumes = {v.name: v for v in pod.volumes}
+    points = {mp.name: mp for mp in app.mount_points}
+    out = []
+    done: set[str] = set()
+    for m in ra.mounts:
+        vol = m.app_volume or volumes.get(m.volume)
+        if vol is None:
+            raise PodError(f"app {ra.name}: mount of unknown volume {m.volume!r}", hint="add --volume")
+        point = points.get(m.path)
+        target = point.path if point is not None and not m.path.startswith("/") else m.path
+        if not target.startswith("/"):
+            raise PodError(f"app {ra.name}: mount target {m.path!r} is neither a path nor a mount point")
+        ro = bool(vol.read_only) or bool(point and point.read_only)
+        out.append({"source": _volume_source(vol, pod_path), "target": target, "read_only": ro})
+        done.add(target)
+        if point is not None:
+            done.add(point.path)
+    for mp in app.mount_points:
+        if mp.path in done:
+            continue
+        vol = volumes.get(mp.name) or Volume(mp.name, VolumeKind.EMPTY)
+        ro = bool(vol.read_only) or mp.read_only
+        out.append({"source": _volume_source(vol, pod_path), "target": mp.path, "read_only": ro})
+    return out
+
+
+def _volume_source(vol: Volume, pod_path: Path) -> str:
+    if vol.kind == VolumeKind.HOST:
+        if not vol.source or not os.path.exists(vol.source):
+            raise PodError(f"volume {vol.name}: host path {vol.source!r} does not exist")
+        return vol.source
+    path = pod_path / "volumes" / vol.name
+    if not path.exists():
+        path.mkdir(parents=True)
+        os.chmod(path, int(vol.mode or "0755", 8))
+        os.chown(path, vol.uid or 0, vol.gid or 0)
+    return str(path)
+
+
+_SUFFIXES = {
+    "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+}  # fmt: skip
+
+
+def parse_quantity(text: str, *, millis: bool = False) -> int:
+    """A Kubernetes-style quantity: bytes (`512M`, `1Gi`), or with `millis` CPU millicores (`500m`)."""
+    text = str(text).strip()
+    try:
+        if text.endswith("m") and millis:
+            return int(float(text[:-1]))
+        for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+            if text.endswith(suffix):
+                return int(float(text[: -len(suffix)]) * _SUFFIXES[suffix])
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"{text!r} is not a quantity (e.g. 512M, 1Gi, 500m)") from None
+    return int(value * 1000) if millis else int(value)
+
+
+def _isolators(pod: Pod, app: App, arg: ImageArg | None) -> dict[str, Any]:
+    """Pod isolators, overridden by the app's, overridden by the command line."""
+    values: dict[str, Any] = {}
+    for iso in (*pod.isolators, *app.isolators):
+        values[iso.name] = iso.value
+    out: dict[str, Any] = {"memory": None, "cpu_millis": None, "caps_retain": None, "caps_remove": []}
+    mem = values.get("resource/memory")
+    if isinstance(mem, dict) and mem.get("limit"):
+        out["memory"] = parse_quantity(mem["limit"])
+    cpu = values.get("resource/cpu")
+    if isinstance(cpu, dict) and cpu.get("limit"):
+        out["cpu_millis"] = parse_quantity(cpu["limit"], millis=True)
+    retain = values.get("os/linux/capabilities-retain-set")
+    if isinstance(retain, dict):
+        out["caps_retain"] = list(retain.get("set", []))
+    remove = values.get("os/linux/capabilities-remove-set")
+    if isinstance(remove, dict):
+        out["caps_remove"] = list(remove.get("set", []))
+    out["no_new_privs"] = values.get("os/linux/no-new-privileges") is True
+    if arg is not None:
+        if arg.memory:
+            out["memory"] = parse_quantity(arg.memory)
+        if arg.cpu:
+            out["cpu_millis"] = parse_quantity(arg.cpu, millis=True)
+        if arg.cap_retain is not None:
+            out["caps_retain"] = list(arg.cap_retain)
+        if arg.cap_remove:
+            out["caps_remove"] = list(arg.cap_remove)
+    return out
+
+
+# -- preparing the pod directory -------------------------------------------------------------------
+
+
+def prepare(opts: RunOptions) -> PodDir:
+    """Create, fill and return a pod directory in state `prepare`, locked by this process."""
+    from rktd_units import annotations
+
+    pod, name = pod_from_options(opts)
+    notes = annotations.read({a.name: a.value for a in pod.annotations})
+    flavour = opts.stage1 or notes["rktd/stage1"]
+    net = opts.net or notes["rktd/net"]
+    if flavour == "fly":
+        if len(pod.apps) != 1:
+            raise UsageError("--stage1=fly runs exactly one app")
+        if opts.net not in (None, "host", "default"):
+            raise UsageError("--stage1=fly always uses the host network", hint="drop --net")
+        net = "host"
+    resolved = resolve_images(pod, opts)
+    pod = final_manifest(resolved, pod)
+    pods = Pods(opts.data_dir)
+    pod_dir = pods.create()
+    try:
+        if opts.uuid_file_save:
+            write_atomic(Path(opts.uuid_file_save), f"{pod_dir.uuid}\n".encode())
+        apps = [app_spec(r, ra, pod, opts, pod_dir.path) for r, ra in zip(resolved, pod.apps, strict=True)]
+        cfg = {
+            "uuid": pod_dir.uuid,
+            "name": name,
+            "stage1": flavour,
+            "created": time.time(),
+            "net": net,
+            "dns": list(opts.dns or notes["rktd/dns"]),
+            "hostname": opts.hostname or f"rkt-{pod_dir.uuid}",
+            "ports": list(opts.ports),
+            "pod_ports": [{"name": p.name, "host_port": p.host_port, "ip": p.host_ip} for p in pod.ports],
+            "stop_timeout": notes["rktd/stop-timeout"],
+            "interactive": opts.interactive,
+            "apps": apps,
+        }
+        from rktd_units.formats import appc
+
+        pod_dir.write_atomic(MANIFEST, appc.dump_pod(pod).encode())
+        pod_dir.write_atomic(STAGE1_CONFIG, json.dumps(cfg, indent=1, sort_keys=True).encode())
+        shutil.copyfile(INIT_SOURCE, pod_dir.path / "init.py")
+    except BaseException:
+        _abandon(pod_dir)
+        raise
+    return pod_dir
+
+
+def _abandon(pod_dir: PodDir) -> None:
+    try:
+        pod_dir.move(State.GARBAGE)
+    except PodError:
+        pass
+    pod_dir.unlock()
+
+
+# -- running -----------------------------------------------------------------------------------------
+
+
+def run(opts: RunOptions) -> NoReturn:
+    """`rktd run`: prepare and run in one go (prepare → run, skipping `prepared`)."""
+    pod_dir = prepare(opts)
+    exec_prepared(pod_dir, opts)
+
+
+def run_prepared(opts: RunOptions, ref: str) -> NoReturn:
+    pod_dir = Pods(opts.data_dir).find(ref)
+    if pod_dir.state != State.PREPARED:
+        raise PodError(f"pod {pod_dir.uuid} is {pod_dir.display_state()}, not prepared")
+    pod_dir.lock()
+    exec_prepared(pod_dir, opts)
+
+
+def exec_prepared(pod_dir: PodDir, opts: RunOptions) -> NoReturn:
+    """Move the locked pod to `run`, set up its network, and exec stage1 holding the lock."""
+    from rktd_units.stage1 import exec_stage1
+
+    pod_dir.move(State.RUN)
+    pod_dir.write_atomic("pid", f"{os.getpid()}\n".encode())
+    cfg = pod_dir.config()
+    holds = _hold_images(opts, cfg)
+    _setup_network(pod_dir, cfg, opts)
+    assert pod_dir.lock_fd is not None
+    for fd in (pod_dir.lock_fd, *holds):
+        os.set_inheritable(fd, True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    exec_stage1(pod_dir.path, cfg)
+
+
+def _hold_images(opts: RunOptions, cfg: dict[str, Any]) -> list[int]:
+    """Shared locks on the pod's images, inherited by stage1, so image gc leaves them alone."""
+    from rktd_units.store import Store
+
+    store = Store(opts.data_dir)
+    return [store.hold(app["image_id"]) for app in cfg["apps"]]
+
+
+def _setup_network(pod_dir: PodDir, cfg: dict[str, Any], opts: RunOptions) -> None:
+    net = cfg.get("net") or "default"
+    if net in ("host", "none"):
+        return
+    from rktd_units.pods import optional_module
+
+    network = optional_module("rktd_units.network")
+    if network is None:
+        raise PodError(
+            f"--net={net}: CNI networking is not available yet", hint="use --net=host or --net=none"
+        )
+    ports = _port_forwards(network, cfg, opts)
+    dns = network.DnsOptions(servers=tuple(cfg.get("dns") or ()))
+    result = network.setup(
+        pod_dir.uuid,
+        pod_dir.path,
+        net,
+        local_config=Path(opts.local_config),
+        ports=ports,
+        dns=dns,
+        hostname=cfg.get("hostname"),
+    )
+    cfg["netns"] = result.netns_path
+    for app in cfg["apps"]:
+        if result.resolv_conf is not None:
+            app["mounts"].append(
+                {"source": str(result.resolv_conf), "target": "/etc/resolv.conf", "read_only": True}
+            )
+        if result.hosts is not None and result.hosts_source in ("flags", "host"):
+            app["mounts"].append({"source": str(result.hosts), "target": "/etc/hosts", "read_only": True})
+    pod_dir.write_atomic(STAGE1_CONFIG, json.dumps(cfg, indent=1, sort_keys=True).encode())
+
+
+def _port_forwards(network: Any, cfg: dict[str, Any], opts: RunOptions) -> list[Any]:
+    """`--port=NAME:[IP:]PORT` (and the manifest's ports) → forwards to the app port of that name."""
+    app_ports = {p["name"]: p for app in cfg["apps"] for p in app.get("ports", [])}
+    out = []
+    for flag in cfg.get("ports", []):
+        name, ip, host_port = network.parse_port_flag(flag)
+        port = app_ports.get(name)
+        if port is None:
+            raise UsageError(f"--port={flag}: no app declares a port named {name!r}")
+        out.append(network.PortForward(host_port, port["port"], port["protocol"], ip, name))
+    for pp in cfg.get("pod_ports", []):
+        port = app_ports.get(pp["name"])
+        if port is not None and pp["name"] not in {p.name for p in out}:
+            out.append(
+                network.PortForward(pp["host_port"], port["port"], port["protocol"], pp["ip"], pp["name"])
+            )
+    return out

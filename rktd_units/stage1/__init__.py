@@ -1,0 +1,206 @@
+"""stage1: what runs a prepared pod. Flavours `nspawn` (default) and `fly`; this module holds the
+host-side setup they share.
+
+stage0 calls `exec_stage1()` in its own process: the flavour enters a private mount namespace,
+mounts each app's rootfs (overlayfs over the store's read-only tree, upper and work directories in
+the pod directory; or a read-only bind for `readOnlyRootFS`) and its volumes, then `exec`s
+systemd-nspawn (nspawn) or the app itself (fly). Every mount lives in that namespace only, so
+when the pod's last process ends the kernel drops them all: nothing is left to unmount, even
+after SIGKILL.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from rktd_units.errors import PodError
+from rktd_units.stage1.init import bind, ensure_mountpoint, mount
+
+FLAVOURS = {"nspawn": "rktd_units.stage1.nspawn", "fly": "rktd_units.stage1.fly"}
+STAGE2 = "opt/stage2"
+
+
+def exec_stage1(pod_path: Path, cfg: dict[str, Any]) -> NoReturn:
+    """Hand the pod to its stage1 flavour; returns only by raising."""
+    flavour = cfg.get("stage1", "nspawn")
+    if flavour not in FLAVOURS:
+        raise PodError(f"unknown stage1 flavour {flavour!r}", hint=f"one of {', '.join(FLAVOURS)}")
+    module = importlib.import_module(FLAVOURS[flavour])
+    module.exec_pod(pod_path, cfg)
+    raise AssertionError("stage1 returned")
+
+
+def notice(message: str) -> None:
+    sys.stderr.write(f"rktd: {message}\n")
+    sys.stderr.flush()
+
+
+def resolve_in_root(root: str, path: str) -> str:
+    """`path` inside `root` with symlinks resolved as if `root` were `/`: an image cannot point a
+    mount target at the host (`/data -> /etc` in the image stays inside the image)."""
+    parts = [p for p in path.split("/") if p and p != "."]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = os.path.join(root, *resolved, part)
+        if os.path.islink(candidate):
+            hops += 1
+            if hops > 40:
+                raise PodError(f"{path}: too many levels of symbolic links in the image")
+            link = os.readlink(candidate)
+            if link.startswith("/"):
+                resolved = []
+            parts = [p for p in link.split("/") if p and p != "."] + parts
+            continue
+        resolved.append(part)
+    return os.path.join(root, *resolved)
+
+
+def mount_app(pod_path: Path, app: dict[str, Any], target: str) -> None:
+    """Mount one app's rootfs at `target` and its volumes inside it."""
+    lower = app["lower"]
+    if app.get("read_only_rootfs"):
+        bind(lower, target, read_only=True, recursive=False)
+    else:
+        base = pod_path / "overlay" / app["name"]
+        upper, work = base / "upper", base / "work"
+        upper.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
+        mount("overlay", target, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work}")
+    for m in app.get("mounts", []):
+        dst = resolve_in_root(target, m["target"])
+        try:
+            ensure_mountpoint(dst, is_dir=os.path.isdir(m["source"]))
+        except OSError as e:
+            raise PodError(
+                f"app {app['name']}: cannot create mount point {m['target']}: {e.strerror}",
+                hint="a read-only rootfs must already contain its mount points",
+            ) from None
+        bind(m["source"], dst, read_only=bool(m.get("read_only")))
+
+
+def listen_fd_names() -> list[str]:
+    names = os.environ.get("LISTEN_FDNAMES", "")
+    return names.split(":") if names else []
+
+
+def inherited_listen_fds() -> int:
+    """How many socket-activation fds systemd passed to this process (0 if they are not ours)."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return 0
+    try:
+        return int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return 0
+
+
+def assign_listen_fds(cfg: dict[str, Any]) -> None:
+    """Give each app the indexes (and names) of the inherited fds for its socket-activated ports:
+    by LISTEN_FDNAMES when a name matches a port name, else in the pod's port order."""
+    count = inherited_listen_fds()
+    if not count:
+        return
+    names = listen_fd_names()
+    ordered = [(app, port) for app in cfg["apps"] for port in app.get("socket_ports", [])]
+    for index in range(count):
+        name = names[index] if index < len(names) else ""
+        match = next(((a, p) for a, p in ordered if p == name), None)
+        if match is None and index < len(ordered):
+            match = ordered[index]
+        if match is None:
+            continue
+        app, port = match
+        app.setdefault("listen_fd_indexes", []).append(index)
+        app.setdefault("listen_fd_names", []).append(name or port)
+
+
+# -- cgroups: memory and CPU limits ------------------------------------------------------------------
+#
+# Under systemd the unit carries MemoryMax=/CPUQuota= (the generator writes them from the pod's
+# isolators). stage1 also enforces per-app limits itself where it may create cgroups: on a
+# cgroup v1 memory/cpu hierarchy (as on hosts without systemd) it makes
+# `<own cgroup>/rktd-<uuid>/<app>` per limited app; the app joins it before exec.
+
+
+def _v1_mounts() -> dict[str, str]:
+    """cgroup v1 controller -> mount point."""
+    out: dict[str, str] = {}
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = right.split()
+            if len(fields) >= 3 and fields[0] == "cgroup":
+                for opt in fields[2].split(","):
+                    if opt in ("memory", "cpu"):
+                        out.setdefault(opt, left.split()[4])
+    return out
+
+
+def _own_v1_path(controller: str) -> str:
+    with open("/proc/self/cgroup", encoding="utf-8") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if controller in controllers.split(","):
+                return path
+    return "/"
+
+
+def _limits(app: dict[str, Any]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    if app.get("memory"):
+        out["memory"] = {"memory.limit_in_bytes": str(app["memory"])}
+    if app.get("cpu_millis"):
+        period = 100_000
+        quota = max(1000, app["cpu_millis"] * period // 1000)
+        out["cpu"] = {"cpu.cfs_period_us": str(period), "cpu.cfs_quota_us": str(quota)}
+    return out
+
+
+def setup_cgroups(pod_path: Path, cfg: dict[str, Any]) -> dict[str, str]:
+    """Create per-app cgroups with the apps' limits; returns controller -> the pod's cgroup dir.
+
+    Each limited app's spec gets `cgroups: {controller: path relative to the pod's dir}`. Where no
+    cgroup v1 hierarchy for a controller is writable, the limit is left to the unit, with a notice.
+    """
+    wanted = {app["name"]: _limits(app) for app in cfg["apps"]}
+    controllers = sorted({c for lim in wanted.values() for c in lim})
+    if not controllers:
+        return {}
+    mounts = _v1_mounts()
+    pod_dirs: dict[str, str] = {}
+    for controller in controllers:
+        if controller not in mounts:
+            notice(
+                f"{controller} limits not enforced by stage1 (no cgroup v1 {controller} hierarchy); "
+                "the unit's MemoryMax=/CPUQuota= enforce them under systemd"
+            )
+            continue
+        base = os.path.join(mounts[controller], _own_v1_path(controller).lstrip("/"))
+        pod_dirs[controller] = os.path.join(base, f"rktd-{cfg['uuid']}")
+    if not pod_dirs:
+        return {}
+    from rktd_units.pods import CGROUPS_FILE
+
+    (pod_path / CGROUPS_FILE).write_text("".join(f"{d}\n" for d in pod_dirs.values()))
+    for controller, pod_dir in pod_dirs.items():
+        os.makedirs(pod_dir, exist_ok=True)
+        for app in cfg["apps"]:
+            settings = wanted[app["name"]].get(controller)
+            if not settings:
+                continue
+            app_dir = os.path.join(pod_dir, app["name"])
+            os.makedirs(app_dir, exist_ok=True)
+            for key, value in settings.items():
+                with open(os.path.join(app_dir, key), "w") as f:
+                    f.write(value)
+            app.setdefault("cgroups", {})[controller] = app["name"]
+    return pod_dirs

@@ -1,0 +1,511 @@
+"""The pod's init inside systemd-nspawn (PID 1 of the pod), and the syscalls stage1 shares.
+
+Pure standard library, no rktd_units imports: stage0 copies this file into the pod directory
+and nspawn runs it as `python3 -I -S /rktd/init.py`. It reads `/rktd/stage1.json` (written by
+stage0), then for each app: binds /proc, /dev and /sys into the app's rootfs
+(`/opt/stage2/<app>/rootfs`, already mounted by stage1), runs pre-start handlers, forks the
+app chrooted into its rootfs with its environment, user, groups, working directory, cgroup,
+capability bounding set and no-new-privileges, and relays its stdout/stderr line by line to
+journald's native socket (or, without journald, to its own stdout/stderr as `app[NAME]: line`).
+It reaps every process, sends READY=1 to $NOTIFY_SOCKET once the apps are started (or once every
+app that supports sd_notify said READY=1), and ends when all apps ended, or as soon as one
+failed (SIGTERM to the others, the stop timeout, SIGKILL); its exit status is the failing app's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from typing import Any
+
+# -- syscalls (shared with the host side of stage1) ---------------------------------------------------
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+CLONE_NEWNS = 0x00020000
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+
+CAPABILITIES = (
+    "CAP_CHOWN CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER CAP_FSETID CAP_KILL CAP_SETGID "
+    "CAP_SETUID CAP_SETPCAP CAP_LINUX_IMMUTABLE CAP_NET_BIND_SERVICE CAP_NET_BROADCAST CAP_NET_ADMIN "
+    "CAP_NET_RAW CAP_IPC_LOCK CAP_IPC_OWNER CAP_SYS_MODULE CAP_SYS_RAWIO CAP_SYS_CHROOT CAP_SYS_PTRACE "
+    "CAP_SYS_PACCT CAP_SYS_ADMIN CAP_SYS_BOOT CAP_SYS_NICE CAP_SYS_RESOURCE CAP_SYS_TIME "
+    "CAP_SYS_TTY_CONFIG CAP_MKNOD CAP_LEASE CAP_AUDIT_WRITE CAP_AUDIT_CONTROL CAP_SETFCAP "
+    "CAP_MAC_OVERRIDE CAP_MAC_ADMIN CAP_SYSLOG CAP_WAKE_ALARM CAP_BLOCK_SUSPEND CAP_AUDIT_READ "
+    "CAP_PERFMON CAP_BPF CAP_CHECKPOINT_RESTORE"
+).split()
+
+_libc: Any = None
+
+
+def libc() -> Any:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    ret = libc().mount(
+        source.encode(),
+        target.encode(),
+        fstype.encode() if fstype else None,
+        ctypes.c_ulong(flags),
+        data.encode() if data else None,
+    )
+    _check(ret, f"mount {source} on {target}")
+
+
+def bind(source: str, target: str, *, read_only: bool = False, recursive: bool = True) -> None:
+    mount(source, target, None, MS_BIND | (MS_REC if recursive else 0))
+    if read_only:
+        mount("none", target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | (MS_REC if recursive else 0))
+
+
+def unshare_mounts() -> None:
+    """A private mount namespace: what we mount dies with the last process in it."""
+    _check(libc().unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    mount("none", "/", None, MS_REC | MS_PRIVATE)
+
+
+def prctl(option: int, arg: int) -> None:
+    _check(libc().prctl(option, ctypes.c_ulong(arg), 0, 0, 0), f"prctl({option})")
+
+
+def restrict_caps(retain: list[str] | None, remove: list[str]) -> None:
+    """Shrink the capability bounding set: keep only `retain` (when given), drop `remove`."""
+    drop = set(remove)
+    if retain is not None:
+        drop |= set(CAPABILITIES) - set(retain)
+    for name in drop:
+        try:
+            prctl(PR_CAPBSET_DROP, CAPABILITIES.index(name))
+        except OSError as e:
+            if e.errno != errno.EINVAL:  # a capability this kernel does not know
+                raise
+
+
+def ensure_mountpoint(path: str, *, is_dir: bool) -> None:
+    if os.path.lexists(path):
+        return
+    if is_dir:
+        os.makedirs(path, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a"):
+            pass
+
+
+def exit_status(wait_status: int) -> int:
+    """A wait status as a shell would report it: the exit code, or 128 + the signal."""
+    if os.WIFSIGNALED(wait_status):
+        return 128 + os.WTERMSIG(wait_status)
+    return os.waitstatus_to_exitcode(wait_status)
+
+
+def become(
+    spec: dict[str, Any],
+    rootfs: str,
+    argv: list[str],
+    env: dict[str, str],
+    *,
+    fds: list[int],
+    cgroup_dirs: dict[str, str],
+) -> None:
+    """Turn this (forked) process into the app: cgroups, fds, chroot, caps, user; then exec."""
+    for controller, path in spec.get("cgroups", {}).items():
+        with open(f"{cgroup_dirs[controller]}/{path}/cgroup.procs", "w") as f:
+            f.write(str(os.getpid()))
+    if fds:
+        for i, fd in enumerate(fds):
+            if fd != 3 + i:
+                os.dup2(fd, 3 + i)
+            os.set_inheritable(3 + i, True)
+        env["LISTEN_FDS"] = str(len(fds))
+        env["LISTEN_PID"] = str(os.getpid())
+        names = spec.get("listen_fd_names")
+        if names:
+            env["LISTEN_FDNAMES"] = ":".join(names)
+    os.chroot(rootfs)
+    os.chdir(spec.get("workdir") or "/")
+    restrict_caps(spec.get("caps_retain"), spec.get("caps_remove", []))
+    if spec.get("no_new_privs"):
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+    os.setgroups(spec.get("gids", []))
+    os.setgid(spec["gid"])
+    os.setuid(spec["uid"])
+    os.execvpe(argv[0], argv, env)
+
+
+# -- journald native protocol ------------------------------------------------------------------------
+
+
+def journal_datagram(fields: list[tuple[str, bytes]]) -> bytes:
+    """KEY=value lines; a value with a newline as KEY\\n<le64 length><value>\\n."""
+    out = bytearray()
+    for key, value in fields:
+        if b"\n" in value:
+            out += key.encode() + b"\n" + struct.pack("<Q", len(value)) + value + b"\n"
+        else:
+            out += key.encode() + b"=" + value + b"\n"
+    return bytes(out)
+
+
+# -- the init ------------------------------------------------------------------------------------------
+
+CONFIG = "/rktd/stage1.json"
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+MAX_LINE = 48 * 1024
+
+
+class App:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.name: str = spec["name"]
+        self.rootfs = f"/opt/stage2/{self.name}/rootfs"
+        self.pid = 0
+        self.status: int | None = None
+        self.buffers: dict[int, bytearray] = {}
+        self.notify_sock: socket.socket | None = None
+        self.ready = not spec.get("notify", False)
+
+
+class Init:
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.apps = [App(a) for a in cfg["apps"]]
+        self.streams: dict[int, tuple[App, int]] = {}  # read fd -> (app, 1 stdout | 2 stderr)
+        self.journal: socket.socket | None = None
+        self.stopping = False
+        self.kill_at: float | None = None
+        self.failed: int | None = None
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.listen_fds = self._inherited_fds()
+
+    # -- setup -----------------------------------------------------------------------------------------
+    def _inherited_fds(self) -> list[int]:
+        try:
+            n = int(os.environ.get("LISTEN_FDS", "0"))
+        except ValueError:
+            n = 0
+        for var in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+            os.environ.pop(var, None)
+        return list(range(3, 3 + n))
+
+    def open_journal(self) -> None:
+        if os.path.exists(JOURNAL_SOCKET):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.connect(JOURNAL_SOCKET)
+            except OSError:
+                sock.close()
+                return
+            self.journal = sock
+
+    def prepare_rootfs(self, app: App) -> None:
+        for sub, ro in (("proc", False), ("dev", False), ("sys", True)):
+            target = app.rootfs + "/" + sub
+            try:
+                ensure_mountpoint(target, is_dir=True)
+                bind("/" + sub, target, read_only=ro)
+            except OSError as e:
+                self.log(f"{app.name}: cannot mount /{sub}: {e}")
+
+    # -- output ----------------------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        os.write(2, f"rktd-init: {message}\n".encode(errors="replace"))
+
+    def emit(self, app: App, stream: int, line: bytes) -> None:
+        if self.journal is not None:
+            fields = [
+                ("MESSAGE", line),
+                ("PRIORITY", b"6" if stream == 1 else b"3"),
+                ("SYSLOG_IDENTIFIER", app.name.encode()),
+                ("RKTD_POD", (self.cfg.get("name") or "").encode()),
+                ("RKTD_APP", app.name.encode()),
+                ("RKTD_UUID", self.cfg["uuid"].encode()),
+            ]
+            try:
+                self.journal.send(journal_datagram(fields))
+                return
+            except OSError:
+                pass
+        _write_all(stream, b"app[" + app.name.encode() + b"]: " + line + b"\n")
+
+    def relay(self, fd: int) -> None:
+        app, stream = self.streams[fd]
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        buf = app.buffers.setdefault(fd, bytearray())
+        if not data:
+            if buf:
+                self.emit(app, stream, bytes(buf))
+            del self.streams[fd]
+            os.close(fd)
+            return
+        buf += data
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                if len(buf) >= MAX_LINE:
+                    self.emit(app, stream, bytes(buf))
+                    buf.clear()
+                break
+            self.emit(app, stream, bytes(buf[:nl]))
+            del buf[: nl + 1]
+
+    # -- starting apps ---------------------------------------------------------------------------------
+    def app_fds(self, app: App) -> list[int]:
+        """The inherited socket-activation fds that belong to this app (stage0 mapped them by index)."""
+        return [
+            self.listen_fds[i] for i in app.spec.get("listen_fd_indexes", []) if i < len(self.listen_fds)
+        ]
+
+    def spawn(self, app: App, argv: list[str], *, main: bool) -> int:
+        outs: list[tuple[int, int]] = []
+        if main and not self.cfg.get("interactive"):
+            for stream in (1, 2):
+                r, w = os.pipe2(os.O_CLOEXEC)
+                os.set_blocking(r, False)
+                outs.append((r, w))
+                self.streams[r] = (app, stream)
+        fds = self.app_fds(app) if main else []
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self.child(app, argv, [w for _, w in outs], fds, main=main)
+            except BaseException as e:
+                os.write(2, f"rktd-init: {app.name}: {argv[0]}: {e}\n".encode(errors="replace"))
+            os._exit(127)
+        for _, w in outs:
+            os.close(w)
+        return pid
+
+    def child(self, app: App, argv: list[str], outs: list[int], fds: list[int], *, main: bool) -> None:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        os.setpgid(0, 0)
+        if outs:
+            os.dup2(outs[0], 1)
+            os.dup2(outs[1], 2)
+        env = dict(app.spec["env"])
+        if main and app.spec.get("notify"):
+            env["NOTIFY_SOCKET"] = "@rktd-notify-" + app.name
+        cgroup_dirs = {c: f"/cgroup/{c}" for c in app.spec.get("cgroups", {})}
+        become(app.spec, app.rootfs, argv, env, fds=fds, cgroup_dirs=cgroup_dirs)
+
+    def run_handler(self, app: App, event: str) -> int:
+        for argv in app.spec.get(event, []):
+            pid = self.spawn(app, argv, main=False)
+            while True:
+                try:
+                    _, status = os.waitpid(pid, 0)
+                    break
+                except ChildProcessError:
+                    return 0
+            code = exit_status(status)
+            if code != 0:
+                self.log(f"{app.name}: {event} handler {argv[0]} failed with status {code}")
+                return code
+        return 0
+
+    def start(self) -> None:
+        for app in self.apps:
+            self.prepare_rootfs(app)
+            code = self.run_handler(app, "pre_start")
+            if code:
+                self.fail(app, code)
+                return
+        for app in self.apps:
+            if app.spec.get("notify"):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                sock.bind("\0rktd-notify-" + app.name)
+                sock.setblocking(False)
+                app.notify_sock = sock
+            app.pid = self.spawn(app, app.spec["exec"], main=True)
+        self.maybe_ready()
+
+    def maybe_ready(self) -> None:
+        if all(a.ready for a in self.apps):
+            sd_notify(b"READY=1")
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def fail(self, app: App, code: int) -> None:
+        if self.failed is None:
+            self.failed = code
+            self.log(f"app {app.name} failed with exit status {code}; stopping the pod")
+        self.stop()
+
+    def stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.kill_at = time.monotonic() + float(self.cfg.get("stop_timeout", 30))
+        self.signal_apps(signal.SIGTERM)
+
+    def signal_apps(self, sig: int) -> None:
+        for app in self.apps:
+            if app.pid and app.status is None:
+                for target in (-app.pid, app.pid):
+                    try:
+                        os.kill(target, sig)
+                    except ProcessLookupError:
+                        pass
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for app in self.apps:
+                if app.pid == pid and app.status is None:
+                    self.app_exited(app, exit_status(status))
+
+    def app_exited(self, app: App, code: int) -> None:
+        app.status = code
+        try:
+            os.makedirs("/rktd/status", exist_ok=True)
+            with open(f"/rktd/status/{app.name}", "w") as f:
+                f.write(f"{code}\n")
+        except OSError as e:
+            self.log(f"cannot record the status of {app.name}: {e}")
+        self.run_handler(app, "post_stop")
+        for controller, path in app.spec.get("cgroups", {}).items():
+            try:
+                os.rmdir(f"/cgroup/{controller}/{path}")
+            except OSError:
+                pass  # processes the app left behind; gc removes it
+        if code != 0 and not self.stopping:
+            self.fail(app, code)
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            self.stop()
+
+    def loop(self) -> int:
+        while any(a.pid and a.status is None for a in self.apps) or self.streams:
+            timeout = None
+            if self.kill_at is not None:
+                timeout = max(0.0, self.kill_at - time.monotonic())
+                if timeout == 0.0:
+                    self.signal_apps(signal.SIGKILL)
+                    self.kill_at = None
+                    timeout = None
+            if not any(a.pid and a.status is None for a in self.apps):
+                timeout = 0.5  # apps are gone: drain what their descendants still hold open
+            socks = {a.notify_sock.fileno(): a for a in self.apps if a.notify_sock is not None}
+            try:
+                ready, _, _ = select.select([self.wake_r, *self.streams, *socks], [], [], timeout)
+            except InterruptedError:
+                ready = []
+            if not ready and timeout == 0.5 and not any(a.status is None and a.pid for a in self.apps):
+                break
+            for fd in ready:
+                if fd == self.wake_r:
+                    _drain(fd)
+                elif fd in socks:
+                    self.on_notify(socks[fd])
+                elif fd in self.streams:
+                    self.relay(fd)
+            self.reap()
+        return self.result()
+
+    def on_notify(self, app: App) -> None:
+        assert app.notify_sock is not None
+        try:
+            data = app.notify_sock.recv(4096)
+        except OSError:
+            return
+        if b"READY=1" in data.split(b"\n") and not app.ready:
+            app.ready = True
+            self.maybe_ready()
+
+    def result(self) -> int:
+        if self.failed is not None:
+            return self.failed
+        stopped = (0, 128 + signal.SIGTERM, 128 + signal.SIGKILL) if self.stopping else (0,)
+        for app in self.apps:
+            if app.status not in stopped:
+                return app.status or 0
+        return 0
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        try:
+            n = os.write(fd, data)
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+        data = data[n:]
+
+
+def sd_notify(message: bytes) -> None:
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.sendto(message, path)
+        except OSError:
+            pass
+
+
+def main() -> int:
+    with open(sys.argv[1] if len(sys.argv) > 1 else CONFIG) as f:
+        cfg = json.load(f)
+    try:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the pod dies with stage1 (systemd-nspawn)
+    except OSError:
+        pass
+    init = Init(cfg)
+    signal.set_wakeup_fd(init.wake_w)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, init.on_signal)
+    signal.signal(signal.SIGCHLD, lambda s, f: None)
+    init.open_journal()
+    init.start()
+    return init.loop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""stage1 nspawn: the pod as a systemd-nspawn container running rktd's init.
+
+The stage1 root is `<pod>/stage1/rootfs`: the host's /usr (read-only, so the init is the host's
+Python), the pod directory at /rktd (config, init, per-app exit statuses) and each app's rootfs at
+/opt/stage2/<app>/rootfs, as rkt laid it out. All of it is mounted in a private mount namespace
+that this process enters before it `exec`s systemd-nspawn, so the mounts end with the pod.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, NoReturn
+
+from rktd_units.errors import PodError
+from rktd_units.stage1 import (
+    STAGE2,
+    assign_listen_fds,
+    mount_app,
+    notice,
+    setup_cgroups,
+)
+from rktd_units.stage1.init import bind, mount, unshare_mounts
+
+NSPAWN_PATHS = ("/usr/bin/systemd-nspawn", "/bin/systemd-nspawn")
+SYSTEM_BUS = "/run/dbus/system_bus_socket"
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+# Capabilities systemd-nspawn keeps by default; an app's retain set beyond these is added.
+NSPAWN_DEFAULT_CAPS = frozenset(
+    "CAP_AUDIT_CONTROL CAP_AUDIT_WRITE CAP_CHOWN CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER "
+    "CAP_FSETID CAP_IPC_OWNER CAP_KILL CAP_LEASE CAP_LINUX_IMMUTABLE CAP_MKNOD CAP_NET_BIND_SERVICE "
+    "CAP_NET_BROADCAST CAP_NET_RAW CAP_SETFCAP CAP_SETGID CAP_SETPCAP CAP_SETUID CAP_SYS_ADMIN "
+    "CAP_SYS_BOOT CAP_SYS_CHROOT CAP_SYS_NICE CAP_SYS_PTRACE CAP_SYS_RESOURCE CAP_SYS_TTY_CONFIG".split()
+)
+
+
+def machine_name(cfg: dict[str, Any]) -> str:
+    """`rktd-<pod name>-<uuid prefix>` (or `rktd-<uuid>`): what `machinectl list` shows."""
+    name = cfg.get("name")
+    text = f"rktd-{name}-{cfg['uuid'][:8]}" if name else f"rktd-{cfg['uuid']}"
+    return text[:64]
+
+
+def under_systemd() -> bool:
+    """Are we a unit's process (so nspawn must keep the unit rather than make a scope)?"""
+    return bool(os.environ.get("INVOCATION_ID")) and os.path.isdir("/run/systemd/system")
+
+
+def has_system_bus() -> bool:
+    return os.path.exists(SYSTEM_BUS)
+
+
+def find_nspawn() -> str:
+    for path in NSPAWN_PATHS:
+        if os.access(path, os.X_OK):
+            return path
+    raise PodError("systemd-nspawn not found", hint="install systemd-container, or use --stage1=fly")
+
+
+def build_root(root: Path, cfg: dict[str, Any]) -> None:
+    for sub in ("usr", "rktd", "proc", "sys", "dev", "run", "tmp", "etc", "cgroup"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for link in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        if os.path.isdir(f"/usr/{link}") and not os.path.lexists(root / link):
+            os.symlink(f"usr/{link}", root / link)
+    for app in cfg["apps"]:
+        (root / STAGE2 / app["name"] / "rootfs").mkdir(parents=True, exist_ok=True)
+
+
+def nspawn_argv(root: Path, cfg: dict[str, Any]) -> list[str]:
+    bus = has_system_bus()
+    argv = [
+        find_nspawn(),
+        "--quiet",
+        f"--directory={root}",
+        f"--machine={machine_name(cfg)}",
+        f"--register={'yes' if bus else 'no'}",
+        "--kill-signal=SIGTERM",
+        "--resolv-conf=off",
+        "--timezone=off",
+        "--link-journal=no",
+        f"--console={'interactive' if cfg.get('interactive') else 'pipe'}",
+    ]
+    if not bus:
+        notice("no system bus: the pod is not registered with systemd-machined (--register=no)")
+    if under_systemd() or not bus:
+        argv.append("--keep-unit")
+    if cfg.get("hostname"):
+        argv.append(f"--hostname={cfg['hostname']}")
+    net = cfg.get("net") or "host"
+    if cfg.get("netns"):
+        argv.append(f"--network-namespace-path={cfg['netns']}")
+    elif net == "none":
+        argv.append("--private-network")
+    if os.environ.get("NOTIFY_SOCKET"):
+        argv.append("--notify-ready=yes")
+    journal = os.environ.get("RKTD_JOURNAL_SOCKET", JOURNAL_SOCKET)  # another journald, for tests
+    if os.path.exists(journal):
+        argv.append(f"--bind-ro={journal}:{JOURNAL_SOCKET}")
+    extra = sorted({c for app in cfg["apps"] for c in app.get("caps_retain") or ()} - NSPAWN_DEFAULT_CAPS)
+    if extra:
+        argv.append(f"--capability={','.join(extra)}")
+    argv += ["--", "/usr/bin/python3", "-I", "-S", "/rktd/init.py", "/rktd/stage1.json"]
+    return argv
+
+
+def _fstype(path: str) -> str | None:
+    best, kind = "", None
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            target = left.split()[4]
+            if (path == target or path.startswith(target.rstrip("/") + "/")) and len(target) >= len(best):
+                best, kind = target, right.split()[0]
+    return kind
+
+
+def exec_pod(pod_path: Path, cfg: dict[str, Any]) -> NoReturn:
+    root = pod_path / "stage1" / "rootfs"
+    build_root(root, cfg)
+    assign_listen_fds(cfg)
+    cgroup_dirs = setup_cgroups(pod_path, cfg)
+    (pod_path / "stage1.json").write_text(json.dumps(cfg, indent=1, sort_keys=True))
+    argv = nspawn_argv(root, cfg)
+    unshare_mounts()
+    if _fstype("/run") != "tmpfs":
+        # nspawn keeps /run/systemd/nspawn/propagate/<machine> and refuses to delete it from a
+        # disk file system: give it a tmpfs that ends with this namespace.
+        os.makedirs("/run/systemd/nspawn", exist_ok=True)
+        mount("tmpfs", "/run/systemd/nspawn", "tmpfs", 0, "mode=0755")
+    bind("/usr", str(root / "usr"), read_only=True, recursive=False)
+    bind(str(pod_path), str(root / "rktd"), recursive=False)
+    for app in cfg["apps"]:
+        mount_app(pod_path, app, str(root / STAGE2 / app["name"] / "rootfs"))
+    for controller, directory in cgroup_dirs.items():
+        target = root / "cgroup" / controller
+        target.mkdir(exist_ok=True)
+        bind(directory, str(target), recursive=False)
+    os.execve(argv[0], argv, dict(os.environ))

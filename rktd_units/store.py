@@ -1,0 +1,480 @@
+"""The image store: content-addressed (sha512 image IDs), written atomically, safe under concurrency.
+
+Layout under `root` (the `--dir`, default /var/lib/rktd):
+
+    cas/lock                      flock: commits, removals and the clean-up of stale staging dirs
+    cas/tmp/<random>/             staging: one import (flock held on the directory while it runs)
+    cas/images/sha512-<hex>/      one image, complete or absent:
+        aci                       the ACI exactly as imported (what `image export` writes back)
+        manifest, rootfs/         the extracted tree, shared read-only by every pod of the image
+        info.json                 import time, source, policy, sizes
+        last-used                 its mtime is when a pod last held the image
+
+An import streams the ACI into a staging directory (blob copy, hash, checks, extraction), syncs the
+filesystem, and renames the whole directory to `images/<id>` under the store lock: that rename is
+the only commit point, so an import killed at any moment leaves nothing visible, and of two
+concurrent imports of one image exactly one directory survives. Staging directories whose flock is
+free belong to dead importers and are removed by the next import or `gc()`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+from rktd_units.errors import ImageError, StoreError
+from rktd_units.model import ImageManifest, NameValue
+
+if TYPE_CHECKING:
+    from rktd_units.aci import AciResult, Policy
+
+log = logging.getLogger("rktd")
+
+ID_RE = re.compile(r"^sha512-[0-9a-f]{128}$")
+_PREFIX_RE = re.compile(r"^(sha512-)?([0-9a-f]{1,128})$")
+INFO = "info.json"
+BLOB = "aci"
+LAST_USED = "last-used"
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    name: str
+    labels: tuple[NameValue, ...]
+    size: int  # bytes of the uncompressed ACI tar
+    import_time: float  # seconds since the epoch
+    manifest: ImageManifest
+    source: str | None = None
+    path: Path | None = None  # the image's directory in the store
+    blob_size: int = 0
+    compression: str = "none"
+    trusted: bool = False
+    allow_devices: bool = False
+    last_used: float | None = None
+
+    def label(self, name: str) -> str | None:
+        return self.manifest.label(name)
+
+    @property
+    def short_id(self) -> str:
+        return self.id[: len("sha512-") + 32]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _syncfs(fd: int) -> None:
+    """Flush the filesystem holding `fd` (one call instead of an fsync per extracted file)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syncfs(fd) != 0:
+        os.sync()
+
+
+def _rmtree(path: Path | str) -> None:
+    def fix(func: Callable[..., object], p: str, exc: object) -> None:
+        parent = os.path.dirname(p)
+        with contextlib.suppress(OSError):
+            os.chmod(parent, 0o700)
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, 0o700)
+                shutil.rmtree(p, onerror=fix)
+            else:
+                os.unlink(p)
+
+    shutil.rmtree(path, onerror=fix)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write a file under a temporary name in its directory, fsync, rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+class Store:
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.cas = self.root / "cas"
+        self.images_dir = self.cas / "images"
+        self.tmp_dir = self.cas / "tmp"
+        self.lock_path = self.cas / "lock"
+
+    # --- locking and staging ------------------------------------------------------------------------
+
+    def _ensure(self) -> None:
+        try:
+            for d in (self.root, self.cas, self.images_dir, self.tmp_dir):
+                if not d.is_dir():
+                    d.mkdir(mode=0o700 if d != self.root else 0o755, parents=True, exist_ok=True)
+            if not self.lock_path.exists():
+                self.lock_path.touch(mode=0o600)
+        except OSError as e:
+            raise StoreError(f"cannot create the image store in {self.root}: {e.strerror}") from None
+
+    @contextlib.contextmanager
+    def _lock(self, shared: bool = False) -> Iterator[None]:
+        self._ensure()
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _staging(self) -> Iterator[Path]:
+        """A fresh private directory in cas/tmp, flocked while it is used, removed unless renamed away."""
+        with self._lock(shared=True):
+            path = Path(tempfile.mkdtemp(prefix="import-", dir=self.tmp_dir))
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            try:
+                if path.exists():
+                    _rmtree(path)
+            finally:
+                os.close(fd)
+
+    def _clean_stale(self) -> list[str]:
+        """Remove staging directories of importers that died (their flock is free)."""
+        if not self.tmp_dir.is_dir():
+            return []
+        taken: list[tuple[str, int]] = []
+        with self._lock():
+            for name in sorted(os.listdir(self.tmp_dir)):
+                path = self.tmp_dir / name
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                taken.append((name, fd))
+        for name, fd in taken:
+            try:
+                _rmtree(self.tmp_dir / name)
+            finally:
+                os.close(fd)
+        return [name for name, _ in taken]
+
+    # --- import -------------------------------------------------------------------------------------
+
+    def import_aci(
+        self,
+        src: Path | BinaryIO,
+        *,
+        trusted: bool = False,
+        allow_devices: bool = False,
+        max_size: int | None = None,
+        progress: Callable[[int], None] | None = None,
+        source: str | None = None,
+    ) -> ImageInfo:
+        """Check, extract and store an ACI; return the stored image (an existing one if already there).
+
+        Raises ImageError for a refused image, leaving the store as it was.
+        """
+        from rktd_units import aci
+
+        policy = aci.Policy(trusted=trusted, allow_devices=allow_devices)
+        if max_size is not None:
+            policy = aci.Policy(trusted, allow_devices, max_size=max_size)
+        self._ensure()
+        self._clean_stale()
+        with self._staging() as stage:
+            if isinstance(src, Path):
+                try:
+                    f: BinaryIO = open(src, "rb")
+                except OSError as e:
+                    raise ImageError(f"{src}: cannot read: {e.strerror}") from None
+                with f:
+                    result = self._extract_into(stage, f, policy, progress)
+                source = source or os.path.abspath(src)
+            else:
+                result = self._extract_into(stage, src, policy, progress)
+            info = {
+                "id": result.image_id,
+                "importTime": time.time(),
+                "source": source,
+                "size": result.size,
+                "blobSize": result.raw_size,
+                "compression": str(result.compression),
+                "trusted": trusted,
+                "allowDevices": allow_devices,
+            }
+            (stage / INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+            (stage / LAST_USED).touch()
+            os.chmod(stage, 0o700)
+            return self._commit(stage, result.image_id)
+
+    def _extract_into(
+        self, stage: Path, f: BinaryIO, policy: Policy, progress: Callable[[int], None] | None
+    ) -> AciResult:
+        from rktd_units import aci
+
+        try:
+            blob_fd = os.open(stage / BLOB, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with open(blob_fd, "wb", buffering=0) as blob:
+                return aci.read_aci(f, stage, policy, blob=blob, progress=progress)
+        except OSError as e:
+            raise StoreError(f"cannot extract the image into {stage}: {e}") from None
+
+    def _commit(self, stage: Path, image_id: str) -> ImageInfo:
+        fd = os.open(stage, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            _syncfs(fd)
+        finally:
+            os.close(fd)
+        dest = self.images_dir / image_id
+        with self._lock():
+            if dest.exists():
+                log.debug("image %s is already in the store", image_id)
+            else:
+                try:
+                    os.rename(stage, dest)
+                except OSError as e:
+                    if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise StoreError(f"cannot store {image_id}: {e.strerror}") from None
+                _fsync_dir(self.images_dir)
+        return self._load(image_id)
+
+    # --- reading ------------------------------------------------------------------------------------
+
+    def _load(self, image_id: str) -> ImageInfo:
+        from rktd_units.aci import parse_manifest
+
+        d = self.images_dir / image_id
+        try:
+            meta = json.loads((d / INFO).read_text())
+            manifest = parse_manifest((d / "manifest").read_bytes(), str(d / "manifest"))
+            last_used: float | None = (d / LAST_USED).stat().st_mtime
+        except FileNotFoundError:
+            raise ImageError(f"no image {image_id} in the store") from None
+        except (OSError, ValueError, ImageError) as e:
+            raise StoreError(f"image {image_id} in {self.images_dir} is damaged: {e}") from None
+        return ImageInfo(
+            id=image_id,
+            name=manifest.name,
+            labels=manifest.labels,
+            size=int(meta["size"]),
+            import_time=float(meta["importTime"]),
+            manifest=manifest,
+            source=meta.get("source"),
+            path=d,
+            blob_size=int(meta.get("blobSize", 0)),
+            compression=str(meta.get("compression", "none")),
+            trusted=bool(meta.get("trusted", False)),
+            allow_devices=bool(meta.get("allowDevices", False)),
+            last_used=last_used,
+        )
+
+    def _ids(self) -> list[str]:
+        try:
+            names = os.listdir(self.images_dir)
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise StoreError(f"cannot read the image store {self.images_dir}: {e.strerror}") from None
+        return sorted(n for n in names if ID_RE.match(n))
+
+    def resolve(self, id_or_prefix: str) -> str:
+        """The full ID of the one stored image whose ID starts with `id_or_prefix`."""
+        m = _PREFIX_RE.match(id_or_prefix.strip().lower())
+        if not m:
+            raise ImageError(f"{id_or_prefix!r} is not an image ID (sha512-HEX, or a prefix of one)")
+        prefix = "sha512-" + m.group(2)
+        found = [i for i in self._ids() if i.startswith(prefix)]
+        if not found:
+            raise ImageError(f"no image {id_or_prefix} in the store", hint="see: rktd image list")
+        if len(found) > 1:
+            raise ImageError(f"image ID {id_or_prefix} is ambiguous ({len(found)} images match)")
+        return found[0]
+
+    def get(self, id_or_prefix: str) -> ImageInfo:
+        return self._load(self.resolve(id_or_prefix))
+
+    def list(self) -> list[ImageInfo]:
+        out = []
+        for image_id in self._ids():
+            try:
+                out.append(self._load(image_id))
+            except ImageError:
+                continue  # removed meanwhile
+        return sorted(out, key=lambda i: (i.import_time, i.id))
+
+    def find(self, name: str, labels: Mapping[str, str] = {}) -> ImageInfo | None:
+        """The newest import whose name is `name` and whose labels include all of `labels`."""
+        best: ImageInfo | None = None
+        for info in self.list():
+            if info.name != name:
+                continue
+            if any(info.label(k) != v for k, v in labels.items()):
+                continue
+            if best is None or (info.import_time, info.id) > (best.import_time, best.id):
+                best = info
+        return best
+
+    def image_dir(self, image_id: str) -> Path:
+        return self.images_dir / self.resolve(image_id)
+
+    def rootfs(self, image_id: str) -> Path:
+        """The image's extracted rootfs: shared by every pod of the image, never to be written."""
+        return self.image_dir(image_id) / "rootfs"
+
+    def blob(self, image_id: str) -> Path:
+        """The ACI exactly as imported."""
+        return self.image_dir(image_id) / BLOB
+
+    # --- use, removal, gc ---------------------------------------------------------------------------
+
+    def hold(self, image_id: str) -> int:
+        """Mark the image in use: returns a file descriptor holding a shared flock (inheritable, so a
+        pod's stage1 can keep it across exec). `remove()` and `gc()` refuse held images. Close to release.
+        """
+        d = self.image_dir(image_id)
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            if os.fstat(fd).st_ino != os.stat(d).st_ino:
+                raise FileNotFoundError(d)
+            os.utime(d / LAST_USED)
+        except FileNotFoundError:
+            os.close(fd)
+            raise ImageError(f"image {image_id} was removed") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def remove(self, image_id: str) -> None:
+        """Remove an image; StoreError if a pod holds it."""
+        full = self.resolve(image_id)
+        with self._lock():
+            fd, moved = self._take(full)
+        try:
+            _rmtree(moved)
+        finally:
+            os.close(fd)
+
+    def _take(self, full: str) -> tuple[int, Path]:
+        """Under the store lock: flock the image exclusively and move it into tmp (invisible at once)."""
+        d = self.images_dir / full
+        try:
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ImageError(f"no image {full} in the store") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(f"image {full} is in use by a pod") from None
+        moved = Path(tempfile.mkdtemp(prefix="removed-", dir=self.tmp_dir))
+        os.rename(d, moved)
+        _fsync_dir(self.images_dir)
+        return fd, moved
+
+    def gc(self, *, keep: Collection[str] = (), grace_period: float | None = None) -> builtins.list[str]:
+        """Remove dead importers' staging dirs and, when `grace_period` is given, every image not in
+        `keep`, not held, and not used (imported or held) for `grace_period` seconds. Returns removed IDs.
+        """
+        self._clean_stale()
+        if grace_period is None:
+            return []
+        removed = []
+        now = time.time()
+        for info in self.list():
+            used = max(info.import_time, info.last_used or 0.0)
+            if info.id in keep or now - used < grace_period:
+                continue
+            try:
+                self.remove(info.id)
+            except (StoreError, ImageError) as e:
+                log.info("gc: keeping %s: %s", info.id, e)
+                continue
+            removed.append(info.id)
+        return removed
+
+    # --- export and extraction ----------------------------------------------------------------------
+
+    def export(self, image_id: str, out: Path, *, overwrite: bool = False) -> None:
+        """Write the ACI exactly as imported to `out` (atomically)."""
+        blob = self.blob(image_id)
+        if out.exists() and not overwrite:
+            raise ImageError(f"{out} exists", hint="pass --overwrite to replace it")
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent or ".")
+        try:
+            with os.fdopen(fd, "wb") as dst, open(blob, "rb") as src:
+                shutil.copyfileobj(src, dst, 1 << 20)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.chmod(tmp, 0o644)
+            os.rename(tmp, out)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def extract(
+        self, image_id: str, dest: Path, *, rootfs_only: bool = False, overwrite: bool = False
+    ) -> None:
+        """Extract the image (manifest and rootfs/, or the rootfs' content) into a new directory `dest`,
+        through the same checks as the import (the tree is identical to the store's).
+        """
+        from rktd_units import aci
+
+        info = self.get(image_id)
+        assert info.path is not None
+        if dest.exists() or dest.is_symlink():
+            if not overwrite:
+                raise ImageError(f"{dest} exists", hint="pass --overwrite to replace it")
+        parent = dest.parent
+        stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=parent))
+        try:
+            policy = aci.Policy(trusted=info.trusted, allow_devices=info.allow_devices)
+            with open(info.path / BLOB, "rb") as f:
+                aci.read_aci(f, stage, policy)
+            src = stage / "rootfs" if rootfs_only else stage
+            if dest.exists() or dest.is_symlink():
+                _rmtree(dest) if dest.is_dir() and not dest.is_symlink() else dest.unlink()
+            os.rename(src, dest)
+        finally:
+            if stage.exists():
+                _rmtree(stage)

@@ -1,0 +1,423 @@
+"""A lossless model of systemd unit files, and the escaping that keeps values inside their field.
+
+This module knows only syntax (systemd.syntax(7), `src/shared/conf-parser.c`,
+`src/basic/extract-word.c`), never what a pod means: `units.py` does that.
+
+- `parse(text)` keeps every byte: comments, blank lines, continuation lines and the comment lines
+  systemd allows between them; `str(unit)` gives the same text back.
+- Lines end at `\\n`, `\\r`, `\\r\\n` or NUL (systemd's `read_line()`), not at Python's other line
+  breaks. A line ending in an odd number of backslashes continues on the next one; the backslash
+  becomes a space. A logical line may not exceed `LONG_LINE_MAX` (1 MiB): systemd refuses the file.
+- Values written with `UnitFile.add()` are checked (`check_value`): no control characters, no
+  surrounding whitespace, no trailing backslash, within the line limit. What a value *means* to
+  systemd (specifiers, quoting) is the caller's business, helped by `escape_specifiers` and
+  `exec_line`, whose inverse `split_exec` mirrors `config_parse_exec()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from rktd_units.errors import RktdError
+
+LONG_LINE_MAX = 1024 * 1024  # systemd: longest logical line of a unit file, in bytes
+MAX_ARG_STRLEN = 32 * 4096  # Linux: longest single argv string, in bytes (with its NUL)
+WHITESPACE = " \t\n\r"  # systemd's WHITESPACE: word separators in command lines
+COMMENTS = "#;"
+_LINE_ENDS = "\n\r\0"
+
+# Characters that need no quoting in a command-line word (and mean nothing to systemd there).
+_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_./:=,@+-")
+_ENV_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+_C_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\a": "\\a", "\b": "\\b", "\f": "\\f", "\v": "\\v"}
+_C_UNESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "s": " "}
+_C_UNESCAPES.update({"\\": "\\", '"': '"', "'": "'"})
+
+
+class UnitFileError(RktdError):
+    """Text that is not a unit file, or a value that cannot be written into one."""
+
+
+# -- The model -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Assignment:
+    """`Key=value`: `value` is the logical value (continuations joined, stripped); `raw` the text."""
+
+    key: str
+    value: str
+    raw: str
+
+
+@dataclass
+class Trivia:
+    """A blank or comment line, kept as it was."""
+
+    raw: str
+
+
+@dataclass
+class Section:
+    name: str
+    raw: str  # the `[Name]` line as written
+    items: list[Assignment | Trivia] = field(default_factory=list)
+
+
+@dataclass
+class UnitFile:
+    """Lines before the first section (comments only), then sections in file order."""
+
+    preamble: list[Trivia] = field(default_factory=list)
+    sections: list[Section] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        out = [t.raw for t in self.preamble]
+        for s in self.sections:
+            out.append(s.raw)
+            out.extend(i.raw for i in s.items)
+        return "".join(out)
+
+    def section_names(self) -> list[str]:
+        return [s.name for s in self.sections]
+
+    def assignments(self, section: str | None = None) -> Iterator[tuple[str, Assignment]]:
+        for s in self.sections:
+            if section is None or s.name == section:
+                for item in s.items:
+                    if isinstance(item, Assignment):
+                        yield s.name, item
+
+    def get(self, section: str, key: str) -> list[str]:
+        """Every value of `key` in every `[section]`, in file order (as systemd reads them)."""
+        return [a.value for _, a in self.assignments(section) if a.key == key]
+
+    def last(self, section: str, key: str) -> str | None:
+        values = self.get(section, key)
+        return values[-1] if values else None
+
+    def add_comment(self, text: str) -> None:
+        """A comment line before the first section."""
+        check_value(text, "comment", allow_empty=True)
+        self.preamble.append(Trivia(f"# {text}\n" if text else "#\n"))
+
+    def add(self, section: str, key: str, value: str) -> None:
+        """Append `key=value` to the last `[section]`, starting one if there is none."""
+        check_key(key)
+        check_value(value, f"{section}.{key}", allow_empty=True)
+        line = f"{key}={value}\n"
+        if len(line.encode()) > LONG_LINE_MAX:
+            raise UnitFileError(
+                f"{section}.{key}: longer than systemd's line limit of {LONG_LINE_MAX} bytes"
+            )
+        for s in reversed(self.sections):
+            if s.name == section:
+                at = len(s.items)
+                while at and isinstance(s.items[at - 1], Trivia) and not s.items[at - 1].raw.strip():
+                    at -= 1  # before the blank lines that separate it from the next section
+                s.items.insert(at, Assignment(key, value, line))
+                return
+        check_section(section)
+        if self.sections or self.preamble:
+            self._last_items().append(Trivia("\n"))
+        self.sections.append(Section(section, f"[{section}]\n", [Assignment(key, value, line)]))
+
+    def _last_items(self) -> list[Assignment | Trivia] | list[Trivia]:
+        return self.sections[-1].items if self.sections else self.preamble
+
+
+def check_key(key: str) -> None:
+    if not key or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in key):
+        raise UnitFileError(f"{key!r} is not a unit file key")
+
+
+def check_section(name: str) -> None:
+    if not name or any(c in "[]" or _is_control(c) for c in name):
+        raise UnitFileError(f"{name!r} is not a section name")
+
+
+def _is_control(c: str) -> bool:
+    return c < " " or c == "\x7f"
+
+
+def check_value(value: str, what: str, *, allow_empty: bool = False) -> None:
+    """Refuse what systemd would read differently: control characters (line ends among them),
+    surrounding whitespace (stripped), an odd trailing backslash (a continuation), non-UTF-8."""
+    if not value:
+        if allow_empty:
+            return
+        raise UnitFileError(f"{what}: empty value")
+    for c in value:
+        if _is_control(c):
+            raise UnitFileError(f"{what}: control character {c!r} cannot be written into a unit file")
+        if "\ud800" <= c <= "\udfff":
+            raise UnitFileError(f"{what}: not valid UTF-8", hint="systemd ignores lines that are not UTF-8")
+    if value[0] in WHITESPACE or value[-1] in WHITESPACE:
+        raise UnitFileError(f"{what}: leading or trailing whitespace would be lost")
+    if (len(value) - len(value.rstrip("\\"))) % 2:
+        raise UnitFileError(f"{what}: a trailing backslash would continue the line")
+
+
+# -- Parsing ---------------------------------------------------------------------------------------
+
+
+def _physical_lines(text: str) -> list[str]:
+    """Split as systemd's read_line(): a line ends at \\n, \\r, \\r\\n or NUL; the end stays in the line."""
+    lines, start, i, n = [], 0, 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in _LINE_ENDS:
+            i += 2 if c == "\r" and i + 1 < n and text[i + 1] == "\n" else 1
+            lines.append(text[start:i])
+            start = i
+        else:
+            i += 1
+    if start < n:
+        lines.append(text[start:])
+    return lines
+
+
+def _content(line: str) -> str:
+    return line.rstrip(_LINE_ENDS)
+
+
+def _continues(content: str) -> bool:
+    return (len(content) - len(content.rstrip("\\"))) % 2 == 1
+
+
+def parse(text: str, path: str = "<unit>") -> UnitFile:
+    """Parse unit-file text; `str()` of the result is `text` again. Raises UnitFileError with the line."""
+    unit = UnitFile()
+    lines = _physical_lines(text)
+    i = 0
+    while i < len(lines):
+        start = i
+        content = _content(lines[i])
+        stripped = content.strip(WHITESPACE)
+        i += 1
+        if not stripped or stripped[0] in COMMENTS:
+            unit._last_items().append(Trivia(lines[start]))
+            continue
+        logical = content
+        while _continues(logical) and i < len(lines):
+            nxt = _content(lines[i])
+            i += 1
+            if nxt.strip(WHITESPACE)[:1] in tuple(COMMENTS):
+                continue  # systemd skips comment lines inside a continuation
+            logical = logical[:-1] + " " + nxt
+        if _continues(logical):
+            logical = logical[:-1]  # a continuation at the end of the file ends there
+        raw = "".join(lines[start:i])
+        _parse_logical(unit, logical.strip(WHITESPACE), raw, f"{path}:{start + 1}")
+    return unit
+
+
+def _parse_logical(unit: UnitFile, line: str, raw: str, where: str) -> None:
+    if len(line.encode(errors="surrogateescape")) > LONG_LINE_MAX:
+        raise UnitFileError(f"{where}: line longer than {LONG_LINE_MAX} bytes")
+    if line.startswith("["):
+        if not line.endswith("]") or len(line) < 3:
+            raise UnitFileError(f"{where}: invalid section header {line!r}")
+        unit.sections.append(Section(line[1:-1], raw))
+        return
+    key, eq, value = line.partition("=")
+    if not eq:
+        raise UnitFileError(f"{where}: missing '='")
+    if not unit.sections:
+        raise UnitFileError(f"{where}: assignment outside of a section")
+    unit.sections[-1].items.append(Assignment(key.strip(WHITESPACE), value.strip(WHITESPACE), raw))
+
+
+# -- Escaping --------------------------------------------------------------------------------------
+
+
+class Raw(str):
+    """A value already in systemd syntax (e.g. the `%i` of a template unit): written as is."""
+
+    __slots__ = ()
+
+
+def escape_specifiers(value: str) -> str:
+    """`%` -> `%%`, for every setting systemd passes through specifier expansion."""
+    return value if isinstance(value, Raw) else value.replace("%", "%%")
+
+
+def quote_word(word: str, *, env: bool = True) -> str:
+    """One command-line word that systemd reads back as exactly `word`, run-time `$` expansion
+    included (`env`, for Exec lines): `%` -> `%%`, `$` -> `$$`, and anything but plain characters
+    inside double quotes with C escapes for `\\`, `"` and control characters."""
+    if isinstance(word, Raw):
+        return str(word)
+    for c in word:
+        if "\ud800" <= c <= "\udfff":
+            raise UnitFileError(f"{word[:40]!r}: not valid UTF-8")
+        if c == "\0":
+            raise UnitFileError(f"{word[:40]!r}: NUL cannot be passed in a command line")
+    if len(word.encode()) >= MAX_ARG_STRLEN:
+        raise UnitFileError(
+            f"{word[:40]!r}...: longer than the kernel's {MAX_ARG_STRLEN}-byte argument limit"
+        )
+    word = word.replace("%", "%%")
+    if env:
+        word = word.replace("$", "$$")
+    if word and all(c in _PLAIN for c in word):
+        return word
+    out = ['"']
+    for c in word:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif _is_control(c):
+            out.append(_C_ESCAPES.get(c) or f"\\x{ord(c):02x}")
+        else:
+            out.append(c)
+    out.append('"')
+    return "".join(out)
+
+
+def exec_line(argv: Sequence[str], prefix: str = "") -> str:
+    """An `Exec*=` value running `argv`; `prefix` is systemd's `-@:+!` flags for the first word."""
+    if not argv or not argv[0].startswith("/") or not all(c in _PLAIN for c in argv[0]):
+        raise UnitFileError(f"{argv[:1]!r}: the command must be a plain absolute path")
+    if any(c not in "-@:+!" for c in prefix):
+        raise UnitFileError(f"{prefix!r} is not an Exec prefix")
+    return prefix + " ".join(quote_word(w) for w in argv)
+
+
+# -- Reading command lines back, as systemd does ---------------------------------------------------
+
+
+def _cunescape_one(s: str, i: int) -> tuple[str, int]:
+    """Decode the escape whose backslash is at s[i-1]: (text, next index), as systemd's cunescape_one()."""
+    c = s[i] if i < len(s) else ""
+    if c in _C_UNESCAPES:
+        return _C_UNESCAPES[c], i + 1
+    bad = UnitFileError(f"invalid escape {s[i - 1 : i + 4]!r} in command line")
+    if c in "xuU":
+        width = {"x": 2, "u": 4, "U": 8}[c]
+        digits, end, base = s[i + 1 : i + 1 + width], i + 1 + width, 16
+    else:
+        width, digits, end, base = 3, s[i : i + 3], i + 3, 8
+    allowed = "0123456789abcdefABCDEF" if base == 16 else "01234567"
+    if len(digits) != width or any(d not in allowed for d in digits):
+        raise bad
+    value = int(digits, base)
+    if value == 0 or value > 0x10FFFF or 0xD800 <= value <= 0xDFFF or (base == 8 and value > 0o377):
+        raise bad
+    if (c == "x" or base == 8) and value >= 0x80:
+        return chr(0xDC00 + value), end  # an eight-bit escape is a raw byte: surrogateescape, as fsdecode
+    return chr(value), end
+
+
+def _extract_word(s: str, i: int) -> tuple[str | None, int]:
+    """extract_first_word(EXTRACT_UNQUOTE|EXTRACT_CUNESCAPE): (word or None at the end, next index)."""
+    n = len(s)
+    while i < n and s[i] in WHITESPACE:
+        i += 1
+    if i >= n:
+        return None, i
+    out: list[str] = []
+    quote = ""
+    while i < n:
+        c = s[i]
+        i += 1
+        if c == "\\":
+            text, i = _cunescape_one(s, i)
+            out.append(text)
+        elif quote:
+            if c == quote:
+                quote = ""
+            else:
+                out.append(c)
+        elif c in "'\"":
+            quote = c
+        elif c in WHITESPACE:
+            break
+        else:
+            out.append(c)
+    if quote:
+        raise UnitFileError("unbalanced quoting in command line")
+    return "".join(out), i
+
+
+def expand_specifiers(word: str, specifiers: Mapping[str, str]) -> str:
+    """`%%` -> `%`, `%X` -> specifiers[X]; an unknown specifier is an error, as in systemd."""
+    out, i = [], 0
+    while i < len(word):
+        c = word[i]
+        if c == "%" and i + 1 < len(word):
+            k = word[i + 1]
+            if k == "%":
+                out.append("%")
+            elif k in specifiers:
+                out.append(specifiers[k])
+            else:
+                raise UnitFileError(f"unknown specifier %{k} in {word[:40]!r}")
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def _is_env_name(name: str) -> bool:
+    return bool(name) and not name[0].isdigit() and all(c in _ENV_NAME_CHARS for c in name)
+
+
+def expand_env(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
+    """systemd's run-time `$` expansion: `$$` -> `$`, `${NAME}` inside words, a whole word `$NAME`
+    split at whitespace; `$` before anything else stays."""
+    out: list[str] = []
+    for word in argv:
+        if _is_env_name(word[1:]) and word[0] == "$":
+            out.extend(env.get(word[1:], "").split())
+            continue
+        parts, i = [], 0
+        while i < len(word):
+            if word.startswith("$$", i):
+                parts.append("$")
+                i += 2
+            elif word.startswith("${", i) and "}" in word[i:]:
+                end = word.index("}", i)
+                parts.append(env.get(word[i + 2 : end], ""))
+                i = end + 1
+            else:
+                parts.append(word[i])
+                i += 1
+        out.append("".join(parts))
+    return out
+
+
+def split_exec(
+    value: str, *, specifiers: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None
+) -> tuple[str, list[list[str]]]:
+    """The commands an `Exec*=` value runs, as systemd reads them (config_parse_exec): the prefix
+    flags, then each command's argv after unquoting, C unescaping, specifier and `$` expansion.
+    Commands are separated by an unquoted `;` word; `\\;` is a literal `;`."""
+    prefix, commands, i = "", list[list[str]](), 0
+    while True:
+        while i < len(value) and value[i] in WHITESPACE:
+            i += 1
+        if i >= len(value):
+            break
+        words: list[str] = []
+        while i < len(value):
+            if value[i] == ";" and (i + 1 == len(value) or value[i + 1] in WHITESPACE):
+                i += 1
+                break
+            if value.startswith("\\;", i) and (i + 2 == len(value) or value[i + 2] in WHITESPACE):
+                words.append(";")
+                i += 2
+                continue
+            word, i = _extract_word(value, i)
+            if word is None:
+                break
+            if not words and not commands:
+                stripped = word.lstrip("-@:+!")
+                prefix, word = word[: len(word) - len(stripped)], stripped
+            words.append(expand_specifiers(word, specifiers or {}))
+            while i < len(value) and value[i] in WHITESPACE:
+                i += 1
+        if words:
+            commands.append(expand_env(words, env or {}))
+    return prefix, commands

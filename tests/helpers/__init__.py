@@ -1,0 +1,1 @@
+"""Test helpers: real peers (gpg, TLS server, registry) and image builders."""

@@ -1,0 +1,81 @@
+"""Fixtures for end-to-end tests: one booted machine per session, and the package installed in it.
+
+`machine` boots a throwaway Debian 12 with systemd as PID 1 (see machine.py); `installed` is the same
+machine after `dpkg -i` of the .deb built from packaging/debian. Everything here is torn down at the end
+of the session, and the teardown fails the run if anything stays mounted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.machine import Machine, build_root
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.slow)
+
+
+def _require_tools() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("integration tests need root (systemd-nspawn, mounts)")
+    for tool in ("systemd-nspawn", "debootstrap", "nsenter"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (scripts/install-deps installs it)")
+
+
+@pytest.fixture(scope="session")
+def machine_root() -> Path:
+    _require_tools()
+    return build_root()
+
+
+@pytest.fixture(scope="session")
+def machine(machine_root: Path) -> Iterator[Machine]:
+    m = Machine(machine_root)
+    try:
+        m.boot()
+        yield m
+    finally:
+        m.destroy()
+
+
+def build_deb(out: Path) -> Path:
+    """Build the .deb with packaging/build-deb (dpkg-buildpackage in a copy of the tree)."""
+    out.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [str(ROOT / "packaging/build-deb"), str(out)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, f"packaging/build-deb failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    debs = sorted(out.glob("rktd-units_*_all.deb"))
+    assert len(debs) == 1, f"expected one .deb in {out}: {sorted(p.name for p in out.iterdir())}"
+    return debs[0]
+
+
+@pytest.fixture(scope="session")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_deb(tmp_path_factory.mktemp("deb"))
+
+
+@pytest.fixture(scope="session")
+def installed(machine: Machine, deb: Path) -> Machine:
+    """The machine with the package installed by dpkg (its dependencies are already in the root)."""
+    machine.copy_in(deb, f"/root/{deb.name}")
+    machine.run(["dpkg", "-i", f"/root/{deb.name}"], timeout=120)
+    return machine

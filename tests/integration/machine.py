@@ -1,0 +1,437 @@
+"""A disposable Debian 12 booted with systemd as PID 1 under systemd-nspawn, for end-to-end tests.
+
+The root is built once with debootstrap and cached outside the git tree (``$RKTD_TEST_CACHE``, default
+``/var/cache/rktd-tests``), keyed by a hash of everything that goes into it, so it is rebuilt when the
+package list changes. Each `Machine` boots a throwaway overlay over that cache, in its own network
+namespace (loopback only), and is torn down leaving nothing mounted or running.
+
+Also usable from the command line (``python3 tests/integration/machine.py build|shell``), which the
+demo script uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+VARIANT = "minbase"
+# What the machine needs: systemd as PID 1 with D-Bus and machined, the package's runtime dependencies
+# (so `dpkg -i` of the built .deb needs no network), and the tools the scenarios use.
+PACKAGES = (
+    "busybox-static",
+    "containernetworking-plugins",
+    "dbus",
+    "iproute2",
+    "iptables",
+    "procps",
+    "python3",
+    "python3-cffi-backend",  # debootstrap cannot resolve the virtual python3-cffi-backend-api-*
+    "python3-click",
+    "python3-cryptography",
+    "python3-jeepney",
+    "python3-jinja2",
+    "python3-systemd",
+    "python3-yaml",
+    "sqv",
+    "systemd",
+    "systemd-container",
+    "systemd-sysv",
+)
+# Units that only make noise in a test machine.
+MASKED_UNITS = (
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "console-getty.service",
+    "getty@.service",
+    "e2scrub_all.timer",
+    "fstrim.timer",
+)
+# Bump when the post-debootstrap setup below changes, so cached roots are rebuilt.
+SETUP_VERSION = "1"
+
+BOOT_TIMEOUT = 90.0
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RKTD_TEST_CACHE", "/var/cache/rktd-tests"))
+
+
+def root_key() -> str:
+    spec = json.dumps(
+        {
+            "suite": SUITE,
+            "mirror": MIRROR,
+            "variant": VARIANT,
+            "packages": sorted(PACKAGES),
+            "masked": sorted(MASKED_UNITS),
+            "setup": SETUP_VERSION,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
+def _log(msg: str) -> None:
+    print(f"machine: {msg}", file=sys.stderr, flush=True)
+
+
+def _setup_root(root: Path) -> None:
+    """Make a debootstrapped tree boot quietly under nspawn."""
+    (root / "etc/hostname").write_text("rktd-test\n")
+    # Empty: systemd takes the machine ID from nspawn's --uuid, which stays the same across reboots.
+    (root / "etc/machine-id").write_text("")
+    for unit in MASKED_UNITS:
+        link = root / "etc/systemd/system" / unit
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to("/dev/null")
+    # Keep the journal on disk so a reboot keeps the previous boot's lines.
+    (root / "var/log/journal").mkdir(parents=True, exist_ok=True)
+    # A root of busybox for nested-nspawn checks, without reaching for any image.
+    bb = root / "srv/busybox-root"
+    for d in ("bin", "dev", "proc", "sys", "tmp", "etc", "usr/lib", "run", "var/tmp"):
+        (bb / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(root / "bin/busybox", bb / "bin/busybox")
+    for applet in ("sh", "echo", "sleep", "cat", "ls", "id", "true", "hostname"):
+        (bb / "bin" / applet).symlink_to("busybox")
+    (bb / "usr/lib/os-release").write_text('ID=busybox\nNAME="busybox"\n')
+    (bb / "etc/os-release").symlink_to("../usr/lib/os-release")
+
+
+def build_root(*, force: bool = False) -> Path:
+    """Return the cached root for the current package list, building it with debootstrap if needed."""
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    key = root_key()
+    root = cache / f"root-{key}"
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if root.is_dir() and (cache / f"root-{key}.done").exists() and not force:
+            return root
+        _log(f"building {root} with debootstrap from {MIRROR} (a few minutes, once)")
+        tmp = cache / f"root-{key}.tmp"
+        for stale in (tmp, root):
+            if stale.exists():
+                shutil.rmtree(stale)
+        argv = [
+            "debootstrap",
+            f"--variant={VARIANT}",
+            f"--include={','.join(sorted(PACKAGES))}",
+            "--components=main",
+            SUITE,
+            str(tmp),
+            MIRROR,
+        ]
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if proc.returncode != 0:
+            log = tmp / "debootstrap/debootstrap.log"
+            detail = log.read_text()[-3000:] if log.exists() else proc.stderr[-3000:]
+            raise RuntimeError(f"debootstrap failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{detail}")
+        # The package cache is only dead weight in every copy.
+        for deb in (tmp / "var/cache/apt/archives").glob("*.deb"):
+            deb.unlink()
+        _setup_root(tmp)
+        tmp.rename(root)
+        (cache / f"root-{key}.done").write_text(" ".join(sorted(PACKAGES)) + "\n")
+        # Roots for older package lists are not used any more.
+        for old in cache.glob("root-*"):
+            if old.name.startswith(f"root-{key}"):
+                continue
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+        return root
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path)
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            target = line.split()[4].replace("\\040", " ")
+            if target == prefix or target.startswith(prefix + "/"):
+                out.append(target)
+    return out
+
+
+class Machine:
+    """One booted machine: an overlay over the cached root, systemd-nspawn -b, commands via nsenter."""
+
+    def __init__(self, base: Path, *, name: str | None = None) -> None:
+        self.base = base
+        self.name = name or f"rktd-test-{uuid.uuid4().hex[:8]}"
+        self.uuid = uuid.uuid4().hex
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.name}.", dir=os.environ.get("RKTD_TEST_TMP")))
+        self.root = self.tmp / "root"
+        self.state = self.tmp / "var-lib-rktd"
+        self.console = self.tmp / "console.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.leader = 0
+        self.boots = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def _mount(self) -> None:
+        for d in ("upper", "work", "root", "var-lib-rktd"):
+            (self.tmp / d).mkdir(exist_ok=True)
+        opts = f"lowerdir={self.base},upperdir={self.tmp / 'upper'},workdir={self.tmp / 'work'}"
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(self.root)], check=True)
+
+    def boot(self, timeout: float = BOOT_TIMEOUT) -> None:
+        if not _mounts_under(self.root):
+            self._mount()
+        argv = [
+            "systemd-nspawn",
+            "--quiet",
+            "--keep-unit",
+            "--register=no",
+            "--boot",
+            f"--directory={self.root}",
+            f"--machine={self.name}",
+            f"--uuid={self.uuid}",
+            "--capability=all",
+            # Loopback only: nothing in the machine reaches (or changes) the host's network.
+            "--private-network",
+            "--console=read-only",
+            # Pod state on a plain filesystem, not on the overlay (stage1 may use overlayfs itself).
+            f"--bind={self.state}:/var/lib/rktd",
+            # nspawn hides /dev/kmsg; generators log there, and the machine's journald reads it back
+            # (`journalctl -k`). It is the host's kernel log: lines written inside show up in dmesg.
+            "--bind=/dev/kmsg",
+        ]
+        console = open(self.console, "ab")
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            env={"PATH": PATH, "SYSTEMD_LOG_LEVEL": "info"},
+            start_new_session=True,
+        )
+        console.close()
+        self.boots += 1
+        deadline = time.monotonic() + timeout
+        self.leader = self._find_leader(deadline)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.name}: not booted after {timeout}s\n{self.console_tail()}")
+            proc = self.run(
+                ["systemctl", "is-system-running", "--wait"], check=False, timeout=max(left, 1.0)
+            )
+            state = proc.stdout.strip()
+            if state in ("running", "degraded"):
+                return
+            # "offline": the manager is not answering yet.
+            if state not in ("initializing", "starting", "offline", ""):
+                raise RuntimeError(f"{self.name}: system is {state!r}\n{self.console_tail()}")
+            time.sleep(0.2)
+
+    def _find_leader(self, deadline: float) -> int:
+        """The container's PID 1: a descendant of the nspawn process that is PID 1 in its namespace."""
+        assert self.proc is not None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name}: systemd-nspawn exited {self.proc.returncode}\n{self.console_tail()}"
+                )
+            for pid in _descendants(self.proc.pid):
+                nspid = _status_field(pid, "NSpid")
+                if nspid and len(nspid.split()) > 1 and nspid.split()[-1] == "1":
+                    # Before systemd is exec'd, PID 1 is still nspawn's inner child.
+                    if _status_field(pid, "Name") == "systemd":
+                        return pid
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.name}: no container PID 1 found\n{self.console_tail()}")
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """Power the machine off (SIGTERM to nspawn = clean shutdown), SIGKILL if it takes too long."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _log(f"{self.name}: no clean shutdown in {timeout}s, killing")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.proc = None
+        self.leader = 0
+
+    def reboot(self, timeout: float = BOOT_TIMEOUT) -> None:
+        """Shut down cleanly and boot the same root again (its overlay keeps every change)."""
+        self.shutdown()
+        self.boot(timeout)
+
+    def destroy(self) -> None:
+        """Shut down, unmount, remove the throwaway tree; raise if anything stays mounted."""
+        try:
+            self.shutdown()
+        finally:
+            for target in sorted(_mounts_under(self.tmp), key=len, reverse=True):
+                subprocess.run(["umount", "--lazy", target], check=False)
+            left = _mounts_under(self.tmp)
+            if not left:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+        if left:
+            raise RuntimeError(f"{self.name}: still mounted after teardown: {left}")
+
+    # -- using it ----------------------------------------------------------------------------------
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float = 60.0,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run argv inside the machine (every namespace of its PID 1, its root), with a clean environment."""
+        if not self.leader:
+            raise RuntimeError(f"{self.name} is not running")
+        full = [
+            "nsenter",
+            f"--target={self.leader}",
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--net",
+            "--pid",
+            "--cgroup",
+            "--root",
+            "--wd",
+            "env",
+            "-i",
+            f"PATH={PATH}",
+            "LANG=C.UTF-8",
+            "SYSTEMD_PAGER=",
+            "SYSTEMD_COLORS=0",
+            *argv,
+        ]
+        proc = subprocess.run(
+            full,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"in {self.name}: {shlex.join(argv)} exited {proc.returncode}\n"
+                f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+            )
+        return proc
+
+    def sh(self, script: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return self.run(["sh", "-ec", script], **kwargs)  # type: ignore[arg-type]
+
+    def path(self, inside: str) -> Path:
+        """The host path of a path inside the machine (through the overlay, not following its symlinks)."""
+        return self.root / inside.lstrip("/")
+
+    def copy_in(self, src: str | os.PathLike[str], dst: str) -> None:
+        """Copy a host file or tree to `dst` inside the machine."""
+        target = self.path(dst)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if Path(src).is_dir():
+            shutil.copytree(src, target, symlinks=True, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, target)
+
+    def write(self, dst: str, content: str, mode: int = 0o644) -> None:
+        target = self.path(dst)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+        target.chmod(mode)
+
+    def journal(self, unit: str | None = None, *args: str) -> str:
+        """Journal lines of this boot (of one unit when given), as `short` output with identifiers."""
+        argv = ["journalctl", "--no-pager", "-b", "-o", "short", *args]
+        if unit:
+            argv += ["-u", unit]
+        return self.run(argv, check=False).stdout
+
+    def console_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.console.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "--- console\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def _status_field(pid: int, name: str) -> str | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(name + ":"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        ppid = _status_field(int(entry), "PPid")
+        if ppid is not None:
+            children.setdefault(int(ppid), []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for c in children.get(p, ()):
+            out.append(c)
+            todo.append(c)
+    return sorted(out)
+
+
+@contextlib.contextmanager
+def booted(timeout: float = BOOT_TIMEOUT) -> Iterator[Machine]:
+    machine = Machine(build_root())
+    try:
+        machine.boot(timeout)
+        yield machine
+    finally:
+        machine.destroy()
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["build"]:
+        print(build_root(force="--force" in argv))
+        return 0
+    if argv[:1] == ["shell"]:
+        with booted() as m:
+            print(f"booted {m.name}: leader {m.leader}; exit the shell to tear it down", file=sys.stderr)
+            return subprocess.call(
+                ["nsenter", f"--target={m.leader}", "-m", "-u", "-i", "-n", "-p", "-C", "-r", "-w", "bash"]
+            )
+    print("usage: machine.py build [--force] | shell", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
