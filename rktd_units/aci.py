@@ -22,13 +22,12 @@ import lzma
 import os
 import stat
 import sys
-import tarfile
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
 
 from rktd_units.errors import ImageError, ManifestError
 from rktd_units.model import ImageManifest
@@ -154,19 +153,24 @@ class _Done:
 
 
 class _Stream:
-    """File-like view of the uncompressed tar: hashes, counts and limits what it hands to tarfile."""
+    """The uncompressed tar as a stream of bytes: hashed, counted and limited as it is produced.
+
+    Header bytes are read with `meta()` and also handed to `meta_sink` (the skeleton of an import,
+    the output of an export); file data is handed to a caller's sink with `data()` and is not.
+    """
 
     def __init__(
         self,
         src: IO[bytes],
         policy: Policy,
         *,
-        blob: IO[bytes] | None = None,
+        meta_sink: Callable[[bytes], object] | None = None,
         progress: Callable[[int], None] | None = None,
+        detect: bool = True,
     ) -> None:
         self.src = src
         self.policy = policy
-        self.blob = blob
+        self.meta_sink = meta_sink
         self.progress = progress
         self.raw_size = 0
         self.size = 0
@@ -177,7 +181,7 @@ class _Stream:
             if not more:
                 break
             head += more
-        self.compression = detect_compression(head)
+        self.compression = detect_compression(head) if detect else Compression.NONE
         self._pieces = self._inflate(head)
         self._buf = b""
         self._pos = 0
@@ -186,8 +190,6 @@ class _Stream:
         data = self.src.read(n)
         if data:
             self.raw_size += len(data)
-            if self.blob is not None:
-                self.blob.write(data)
             if self.progress is not None:
                 self.progress(self.raw_size)
         return data
@@ -206,13 +208,17 @@ class _Stream:
             data = self._raw(CHUNK)
         inflater.finish()
 
-    def _next(self) -> bytes:
-        piece = next(self._pieces, b"")
-        if piece:
+    def _fill(self) -> bool:
+        """Make the buffer non-empty; False at the end of the stream."""
+        while self._pos >= len(self._buf):
+            piece = next(self._pieces, b"")
+            if not piece:
+                return False
             self.size += len(piece)
             self.hash.update(piece)
             self._check_limits()
-        return piece
+            self._buf, self._pos = piece, 0
+        return True
 
     def _check_limits(self) -> None:
         p = self.policy
@@ -221,21 +227,35 @@ class _Stream:
         if self.size > RATIO_FLOOR and self.size > p.max_ratio * max(self.raw_size, 1):
             raise ImageError(f"image inflates more than {p.max_ratio} times (a compression bomb?)")
 
-    def read(self, n: int = -1) -> bytes:
-        if self._pos >= len(self._buf):
-            self._buf = self._next()
-            self._pos = 0
-        if n < 0:
-            n = len(self._buf) - self._pos
-        out = self._buf[self._pos : self._pos + n]
-        self._pos += len(out)
+    def data(self, n: int, sink: Callable[[memoryview], object] | None) -> None:
+        """Pass the next `n` bytes to `sink` in pieces (or drop them); ImageError if the stream ends."""
+        while n > 0:
+            if not self._fill():
+                raise ImageError("the archive ends in the middle of an entry")
+            k = min(n, len(self._buf) - self._pos)
+            if sink is not None:
+                sink(memoryview(self._buf)[self._pos : self._pos + k])
+            self._pos += k
+            n -= k
+
+    def meta(self, n: int) -> bytes:
+        """The next `n` bytes (at most n at the end of the stream), copied to the meta sink."""
+        parts: list[bytes] = []
+        got = 0
+        while got < n and self._fill():
+            k = min(n - got, len(self._buf) - self._pos)
+            parts.append(self._buf[self._pos : self._pos + k])
+            self._pos += k
+            got += k
+        out = b"".join(parts)
+        if self.meta_sink is not None and out:
+            self.meta_sink(out)
         return out
 
     def drain(self) -> None:
-        """Hash what tarfile left unread (end-of-archive padding), so the ID covers the whole tar."""
-        self._buf = b""
-        while self._next():
-            pass
+        """Everything after the end-of-archive blocks: hashed (the ID covers the whole tar), kept as meta."""
+        while self._fill():
+            self.meta(len(self._buf) - self._pos)
 
     @property
     def image_id(self) -> str:
@@ -247,6 +267,143 @@ def image_id(src: IO[bytes], policy: Policy = Policy()) -> str:
     stream = _Stream(src, policy)
     stream.drain()
     return stream.image_id
+
+
+# --- tar headers --------------------------------------------------------------------------------------
+
+BLOCK = 512
+MAX_EXTENDED = 1 << 20  # pax and GNU long-name headers
+_REGULAR = (b"0", b"\0", b"7")
+_TYPES = {b"1": "hardlink", b"2": "symlink", b"3": "chr", b"4": "blk", b"5": "dir", b"6": "fifo"}
+_PAX_KEYS = ("path", "linkpath", "size", "uid", "gid", "mtime")
+
+
+@dataclass
+class Member:
+    """One tar entry, headers (ustar, GNU long names, pax) merged."""
+
+    name: str
+    kind: str  # "file", "dir", "symlink", "hardlink", "chr", "blk", "fifo"
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime: float
+    linkname: str
+    devmajor: int
+    devminor: int
+
+
+def _num(field: bytes, what: str) -> int:
+    if field[:1] and field[0] & 0x80:
+        if field[0] == 0xFF:
+            raise ImageError(f"negative {what} in a tar header")
+        return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip(b" ")
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        raise ImageError(f"bad {what} {text!r} in a tar header") from None
+
+
+def _text(field: bytes) -> str:
+    return os.fsdecode(field.split(b"\0", 1)[0])
+
+
+def _pax(data: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    while data:
+        sp = data.find(b" ")
+        try:
+            length = int(data[:sp])
+        except ValueError:
+            raise ImageError("bad pax extended header") from None
+        record, data = data[:length], data[length:]
+        if sp <= 0 or length <= sp or not record.endswith(b"\n"):
+            raise ImageError("bad pax extended header")
+        key, eq, value = record[sp + 1 : -1].partition(b"=")
+        if not eq:
+            raise ImageError("bad pax extended header record")
+        k = key.decode("utf-8", "surrogateescape")
+        if k.startswith("GNU.sparse."):
+            raise ImageError("sparse files are not supported in ACIs")
+        out[k] = value.decode("utf-8", "surrogateescape")
+    return out
+
+
+def _header(block: bytes, ext: dict[str, str]) -> Member:
+    stored = _num(block[148:156], "checksum")
+    plain = sum(block[:148]) + 256 + sum(block[156:])
+    if stored != plain and stored != plain - 256 * sum(1 for b in block[:148] + block[156:] if b > 127):
+        raise ImageError("bad tar header checksum (not a tar archive, or a damaged one)")
+    name = _text(block[0:100])
+    if block[257:263] == b"ustar\0" and block[345] != 0:
+        name = _text(block[345:500]) + "/" + name
+    typ = block[156:157]
+    if typ in _REGULAR:
+        kind = "dir" if name.endswith("/") else "file"
+    elif typ in _TYPES:
+        kind = _TYPES[typ]
+    elif typ == b"S":
+        raise ImageError(f"entry {name!r}: sparse files are not supported in ACIs")
+    else:
+        raise ImageError(f"entry {name!r} has an unsupported type {typ.decode(errors='replace')!r}")
+    try:
+        mtime = float(ext["mtime"]) if "mtime" in ext else float(_num(block[136:148], "mtime"))
+        return Member(
+            name=ext.get("path", name),
+            kind=kind,
+            mode=_num(block[100:108], "mode"),
+            uid=int(ext["uid"]) if "uid" in ext else _num(block[108:116], "uid"),
+            gid=int(ext["gid"]) if "gid" in ext else _num(block[116:124], "gid"),
+            size=int(ext["size"]) if "size" in ext else _num(block[124:136], "size"),
+            mtime=mtime,
+            linkname=ext.get("linkpath", _text(block[157:257])),
+            devmajor=_num(block[329:337], "devmajor"),
+            devminor=_num(block[337:345], "devminor"),
+        )
+    except ValueError:
+        raise ImageError(f"entry {name!r}: bad number in a pax header") from None
+
+
+def members(stream: _Stream) -> Iterator[Member]:
+    """The entries of the tar in `stream`. The consumer must take each regular file's `size` data bytes
+    (`stream.data`) before asking for the next entry (in a skeleton, there are none to take).
+    """
+    ext: dict[str, str] = {}
+    while True:
+        block = stream.meta(BLOCK)
+        if len(block) < BLOCK:
+            if block or stream.size == 0:
+                raise ImageError(
+                    "the archive ends in the middle of a tar header" if block else "empty archive"
+                )
+            raise ImageError("the archive has no end-of-archive marker (truncated?)")
+        if block == bytes(BLOCK):
+            stream.drain()
+            return
+        typ = block[156:157]
+        if typ in (b"x", b"g", b"L", b"K"):
+            size = _num(block[124:136], "size")
+            if size > MAX_EXTENDED:
+                raise ImageError(f"extended tar header of {size} bytes")
+            data = stream.meta(size + (-size) % BLOCK)[:size]
+            if len(data) < size:
+                raise ImageError("the archive ends in the middle of an extended header")
+            if typ == b"x":
+                ext.update({k: v for k, v in _pax(data).items() if k in _PAX_KEYS})
+            elif typ == b"L":
+                ext["path"] = os.fsdecode(data.split(b"\0", 1)[0])
+            elif typ == b"K":
+                ext["linkpath"] = os.fsdecode(data.split(b"\0", 1)[0])
+            continue  # global pax headers ("g", e.g. git archive's comment) change nothing we use
+        member = _header(block, ext)
+        ext = {}
+        yield member
+        if member.kind == "file":
+            pad = (-member.size) % BLOCK
+            if len(stream.meta(pad)) < pad:
+                raise ImageError("the archive ends in the middle of an entry")
 
 
 # --- extraction ---------------------------------------------------------------------------------------
@@ -283,47 +440,46 @@ def _symlink_escapes(parts: list[str], target: str) -> bool:
 class _Extractor:
     """Creates the entries of one archive below `root` (a fresh, private, empty directory)."""
 
-    def __init__(self, root: Path, policy: Policy) -> None:
+    def __init__(self, root: Path, policy: Policy, stream: _Stream) -> None:
         self.root = os.fspath(root)
         self.policy = policy
+        self.stream = stream
         self.kinds: dict[str, str] = {}
         self.explicit: set[str] = set()
-        self.dirs: list[tuple[str, tarfile.TarInfo]] = []
+        self.dirs: list[tuple[str, Member]] = []
         self.budget = policy.max_size
         self.chown = os.geteuid() == 0
-        self.manifest: bytes | None = None
+        self.manifest: ImageManifest | None = None
 
     def _path(self, rel: str) -> str:
         return self.root + "/" + rel
 
-    def add(self, tf: tarfile.TarFile, ti: tarfile.TarInfo) -> None:
-        parts = _split(ti.name)
+    def add(self, m: Member) -> None:
+        parts = _split(m.name)
         if not parts:
-            if ti.isdir():
+            if m.kind == "dir":
                 return  # the archive's own root, "./"
-            raise ImageError(f"entry with an empty name ({ti.name!r})")
+            raise ImageError(f"entry with an empty name ({m.name!r})")
         rel = "/".join(parts)
-        self._check_entry(ti, parts, rel)
+        self._check_entry(m, parts, rel)
         self._make_parents(parts)
         if rel in self.explicit:
             raise ImageError(f"duplicate entry {rel!r}")
-        if rel in self.kinds and not ti.isdir():
+        if rel in self.kinds and m.kind != "dir":
             raise ImageError(f"duplicate entry {rel!r} (an earlier entry made it a directory)")
         self.explicit.add(rel)
-        self._create(tf, ti, parts, rel)
+        self._create(m, parts, rel)
 
-    def _check_entry(self, ti: tarfile.TarInfo, parts: list[str], rel: str) -> None:
+    def _check_entry(self, m: Member, parts: list[str], rel: str) -> None:
         if parts[0] not in ("manifest", "rootfs") or (parts[0] == "manifest" and len(parts) > 1):
             raise ImageError(f"entry {rel!r} is outside manifest and rootfs/")
-        if parts == ["manifest"] and not ti.isreg():
+        if parts == ["manifest"] and m.kind != "file":
             raise ImageError("manifest is not a regular file")
-        if parts == ["rootfs"] and not ti.isdir():
+        if parts == ["rootfs"] and m.kind != "dir":
             raise ImageError("rootfs is not a directory")
-        if not (ti.isreg() or ti.isdir() or ti.issym() or ti.islnk() or ti.isfifo() or ti.isdev()):
-            raise ImageError(f"entry {rel!r} has an unsupported type {ti.type!r}")
-        if (ti.ischr() or ti.isblk()) and not self.policy.allow_devices:
+        if m.kind in ("chr", "blk") and not self.policy.allow_devices:
             raise ImageError(f"device node {rel!r} refused (devices are not allowed)")
-        if not (ti.isdir() or ti.issym() or ti.islnk()) and ti.mode & (stat.S_ISUID | stat.S_ISGID):
+        if m.kind in ("file", "fifo", "chr", "blk") and m.mode & (stat.S_ISUID | stat.S_ISGID):
             if not self.policy.trusted:
                 raise ImageError(f"setuid/setgid file {rel!r} refused (the image is not trusted)")
 
@@ -341,132 +497,148 @@ class _Extractor:
             os.chmod(self._path(prefix), 0o755)
             self.kinds[prefix] = _DIR
 
-    def _create(self, tf: tarfile.TarFile, ti: tarfile.TarInfo, parts: list[str], rel: str) -> None:
+    def _create(self, m: Member, parts: list[str], rel: str) -> None:
         path = self._path(rel)
-        if ti.isdir():
+        if m.kind == "dir":
             if rel not in self.kinds:
                 os.mkdir(path, 0o700)
                 self.kinds[rel] = _DIR
-            self.dirs.append((path, ti))
-        elif ti.isreg():
-            self._file(tf, ti, parts, path)
+            self.dirs.append((path, m))
+        elif m.kind == "file":
+            self._file(m, parts, path)
             self.kinds[rel] = _FILE
-        elif ti.issym():
-            self._symlink(ti, parts, path)
+        elif m.kind == "symlink":
+            self._symlink(m, parts, path)
             self.kinds[rel] = _LINK
-        elif ti.islnk():
-            self._hardlink(ti, rel, path)
+        elif m.kind == "hardlink":
+            self._hardlink(m, rel, path)
             self.kinds[rel] = _FILE
         else:
-            if ti.isfifo():
+            if m.kind == "fifo":
                 os.mkfifo(path, 0o600)
             else:
-                kind = stat.S_IFCHR if ti.ischr() else stat.S_IFBLK
-                os.mknod(path, kind | 0o600, os.makedev(ti.devmajor, ti.devminor))
-            self._attrs(path, ti)
+                kind = stat.S_IFCHR if m.kind == "chr" else stat.S_IFBLK
+                os.mknod(path, kind | 0o600, os.makedev(m.devmajor, m.devminor))
+            self._attrs(path, m)
             self.kinds[rel] = _OTHER
 
-    def _file(self, tf: tarfile.TarFile, ti: tarfile.TarInfo, parts: list[str], path: str) -> None:
-        self.budget -= ti.size
+    def _file(self, m: Member, parts: list[str], path: str) -> None:
+        self.budget -= m.size
         if self.budget < 0:
             raise ImageError(f"image expands past the size limit ({self.policy.max_size} bytes)")
-        src = tf.extractfile(ti)
-        assert src is not None
         is_manifest = parts == ["manifest"]
-        if is_manifest and ti.size > MAX_MANIFEST:
+        if is_manifest and m.size > MAX_MANIFEST:
             raise ImageError(f"manifest is larger than {MAX_MANIFEST} bytes")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             kept: list[bytes] = []
-            remaining = ti.size
-            while remaining > 0:
-                data = src.read(min(remaining, CHUNK))
-                if not data:
-                    raise ImageError(f"archive ends inside {'/'.join(parts)!r}")
-                remaining -= len(data)
-                _write_all(fd, data)
+
+            def sink(view: memoryview) -> None:
+                _write_all(fd, view)
                 if is_manifest:
-                    kept.append(data)
+                    kept.append(bytes(view))
+
+            self.stream.data(m.size, sink)
             if is_manifest:
-                self.manifest = b"".join(kept)
+                self.manifest = parse_manifest(b"".join(kept))
             if self.chown:
-                os.fchown(fd, ti.uid, ti.gid)
-            os.fchmod(fd, ti.mode & 0o7777)
-            os.utime(fd, (ti.mtime, ti.mtime))
+                os.fchown(fd, m.uid, m.gid)
+            os.fchmod(fd, m.mode & 0o7777)
+            os.utime(fd, (m.mtime, m.mtime))
         finally:
             os.close(fd)
 
-    def _symlink(self, ti: tarfile.TarInfo, parts: list[str], path: str) -> None:
-        target = ti.linkname
+    def _symlink(self, m: Member, parts: list[str], path: str) -> None:
+        target = m.linkname
         if not target or "\0" in target:
             raise ImageError(f"symlink {'/'.join(parts)!r} has an empty or NUL-containing target")
         if not target.startswith("/") and _symlink_escapes(parts, target):
             raise ImageError(f"symlink {'/'.join(parts)!r} -> {target!r} escapes rootfs/")
         os.symlink(target, path)
         if self.chown:
-            os.chown(path, ti.uid, ti.gid, follow_symlinks=False)
-        os.utime(path, (ti.mtime, ti.mtime), follow_symlinks=False)
+            os.chown(path, m.uid, m.gid, follow_symlinks=False)
+        os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
 
-    def _hardlink(self, ti: tarfile.TarInfo, rel: str, path: str) -> None:
-        target = "/".join(_split(ti.linkname, "hardlink target"))
+    def _hardlink(self, m: Member, rel: str, path: str) -> None:
+        target = "/".join(_split(m.linkname, "hardlink target"))
         if (
             not target.startswith("rootfs/")
             or self.kinds.get(target) != _FILE
             or target not in self.explicit
             or not rel.startswith("rootfs/")
         ):
-            raise ImageError(f"hardlink {rel!r} -> {ti.linkname!r}: not an earlier regular file in rootfs/")
+            raise ImageError(f"hardlink {rel!r} -> {m.linkname!r}: not an earlier regular file in rootfs/")
         os.link(self._path(target), path, follow_symlinks=False)
 
-    def _attrs(self, path: str, ti: tarfile.TarInfo) -> None:
+    def _attrs(self, path: str, m: Member) -> None:
         if self.chown:
-            os.chown(path, ti.uid, ti.gid, follow_symlinks=False)
-        os.chmod(path, ti.mode & 0o7777, follow_symlinks=False)
-        os.utime(path, (ti.mtime, ti.mtime), follow_symlinks=False)
+            os.chown(path, m.uid, m.gid, follow_symlinks=False)
+        os.chmod(path, m.mode & 0o7777, follow_symlinks=False)
+        os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
 
-    def finish(self) -> bytes:
+    def finish(self) -> ImageManifest:
         if self.manifest is None:
             raise ImageError("the archive has no manifest")
         if self.kinds.get("rootfs") != _DIR:
             raise ImageError("the archive has no rootfs/ directory")
-        for path, ti in sorted(self.dirs, key=lambda d: d[0].count("/"), reverse=True):
-            self._attrs(path, ti)
+        for path, m in sorted(self.dirs, key=lambda d: d[0].count("/"), reverse=True):
+            self._attrs(path, m)
         return self.manifest
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
 
 
 def read_aci(
-    src: BinaryIO,
+    src: IO[bytes],
     dest: Path,
     policy: Policy = Policy(),
     *,
-    blob: IO[bytes] | None = None,
+    skeleton: IO[bytes] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> AciResult:
     """Check and extract the ACI read from `src` into `dest` (an empty directory nobody else writes).
 
-    The raw bytes are copied to `blob` when given. Raises ImageError on anything refused; `dest` is
-    then left half-written for the caller to remove.
+    `skeleton` receives the uncompressed tar minus the regular files' data: with the extracted tree
+    it gives back the exact tar (`write_tar`). Raises ImageError on anything refused; `dest` is then
+    left half-written for the caller to remove.
     """
-    stream = _Stream(src, policy, blob=blob, progress=progress)
-    extractor = _Extractor(dest, policy)
-    try:
-        with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK) as tf:  # type: ignore[call-overload]
-            for ti in tf:
-                extractor.add(tf, ti)
-    except tarfile.TarError as e:
-        raise ImageError(f"not a valid tar archive: {e}") from None
-    except UnicodeError as e:
-        raise ImageError(f"undecodable tar header: {e}") from None
-    manifest_bytes = extractor.finish()
-    stream.drain()
-    manifest = parse_manifest(manifest_bytes)
+    stream = _Stream(src, policy, meta_sink=skeleton.write if skeleton else None, progress=progress)
+    extractor = _Extractor(dest, policy, stream)
+    for member in members(stream):
+        extractor.add(member)
+    manifest = extractor.finish()
     return AciResult(stream.image_id, manifest, stream.size, stream.raw_size, stream.compression)
+
+
+def write_tar(skeleton: IO[bytes], tree: Path, out: IO[bytes], image_id: str) -> None:
+    """Reassemble an image's uncompressed tar from its skeleton and tree, checking it hashes to its ID."""
+    digest = hashlib.sha512()
+
+    def emit(data: bytes | memoryview) -> None:
+        digest.update(data)
+        out.write(data)
+
+    policy = Policy(trusted=True, allow_devices=True, max_size=1 << 62)
+    stream = _Stream(skeleton, policy, meta_sink=emit, detect=False)
+    for m in members(stream):
+        if m.kind != "file":
+            continue
+        with open(os.path.join(tree, *_split(m.name)), "rb", buffering=0) as f:
+            left = m.size
+            while left > 0:
+                data = f.read(min(left, CHUNK))
+                if not data:
+                    break
+                emit(data)
+                left -= len(data)
+        if left:
+            raise ImageError(f"{tree}: {m.name} is shorter than in the image")
+    if ID_PREFIX + digest.hexdigest() != image_id:
+        raise ImageError(f"{tree}: the stored image no longer matches its ID {image_id[:39]}")
 
 
 # --- progress -----------------------------------------------------------------------------------------

@@ -69,8 +69,9 @@ class AppRef:
         return AppRef(self.name, tuple(sorted(have.items())))
 
     def __str__(self) -> str:
-        extra = "".join(f",{k}={v}" for k, v in self.labels)
-        return f"{self.name}{extra}"
+        version = self.label("version")
+        extra = "".join(f",{k}={v}" for k, v in self.labels if k != "version")
+        return f"{self.name}{':' + version if version else ''}{extra}"
 
 
 def parse_app(text: str) -> AppRef:

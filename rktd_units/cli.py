@@ -142,7 +142,3 @@ def main(argv: list[str] | None = None) -> Any:
             f"rktd: internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", err=True
         )
         sys.exit(EXIT_STAGE0)
-
-
-if __name__ == "__main__":
-    main()

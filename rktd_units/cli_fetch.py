@@ -110,7 +110,8 @@ def trust(
     g = globals_of(ctx)
     if root == (prefix is not None):
         raise UsageError("give exactly one of --prefix=PREFIX and --root")
-    allow_http = insecure_allow_http or "http" in g.insecure_options
+    # rkt's "pubkey" insecure option allowed fetching keys over insecure connections.
+    allow_http = insecure_allow_http or bool({"http", "pubkey"} & g.insecure_options)
     verify_tls = "tls" not in g.insecure_options
     if prefix is not None:
         prefix = check_prefix(prefix)
@@ -121,7 +122,11 @@ def trust(
         sources = _discover_keys(prefix, allow_http, verify_tls)
     store = KeyStore(g.local_config, g.system_config)
     for source in sources:
-        for key in parse_keys(_read_key_source(source, allow_http, verify_tls)):
+        try:
+            found = parse_keys(_read_key_source(source, allow_http, verify_tls))
+        except TrustError as e:
+            raise TrustError(f"{source}: {e.message}", hint=e.hint) from None
+        for key in found:
             what = f'prefix "{prefix}"' if prefix else "all images (root key)"
             click.echo(f'Key "{source}" for {what}', err=True)
             click.echo(f"  fingerprint: {_spaced(key.fingerprint)}", err=True)

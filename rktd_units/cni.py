@@ -112,9 +112,9 @@ def _plugin_list(data: Any, source: str) -> tuple[str, str, tuple[dict[str, Any]
         raise _bad(source, "plugins", "must be a non-empty list of plugin objects")
     plugins = []
     for i, p in enumerate(raw):
-        field = f"plugins[{i}]" if "plugins" in data else "type"
+        field = f"plugins[{i}].type" if "plugins" in data else "type"
         if not isinstance(p, dict) or not isinstance(p.get("type"), str) or not p["type"]:
-            raise _bad(source, field if "plugins" in data else "type", "missing plugin type")
+            raise _bad(source, field, "missing plugin type")
         if "/" in p["type"] or p["type"].startswith("."):
             raise _bad(source, field, f"plugin type {p['type']!r} is not a plain name")
         conf = {k: v for k, v in p.items() if k not in ("cniVersion", "name")}

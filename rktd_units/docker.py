@@ -429,18 +429,33 @@ def _norm(name: str, layer: int) -> str:
     return "/".join(parts)
 
 
-def _drop(tree: dict[str, _Entry], path: str, *, below: int, self_too: bool) -> None:
-    """Remove `path`'s descendants (and `path` itself if `self_too`) that come from layers < below."""
-    under = f"{path}/" if path else ""
-    for key in [
-        k for k, e in tree.items() if e.layer < below and (k.startswith(under) or (self_too and k == path))
-    ]:
-        del tree[key]
+class _Tree:
+    """path -> surviving entry, plus every path that has (or had) something below it."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, _Entry] = {}
+        self.parents: set[str] = {""}
+
+    def put(self, path: str, entry: _Entry) -> None:
+        self.entries[path] = entry
+        parts = path.split("/")
+        self.parents.update("/".join(parts[:i]) for i in range(1, len(parts)))
+
+    def drop(self, path: str, *, below: int, self_too: bool) -> None:
+        """Remove `path`'s descendants (and `path` if `self_too`) that come from layers < below."""
+        e = self.entries.get(path)
+        if self_too and e is not None and e.layer < below:
+            del self.entries[path]
+        if path not in self.parents:
+            return  # nothing was ever below it: no scan
+        under = f"{path}/" if path else ""
+        for key in [k for k, e in self.entries.items() if e.layer < below and k.startswith(under)]:
+            del self.entries[key]
 
 
 def squash(layers: list[tarfile.TarFile]) -> dict[str, _Entry]:
     """Apply the layers in order; path -> the entry that survives, whiteouts applied."""
-    tree: dict[str, _Entry] = {}
+    tree = _Tree()
     for n, tf in enumerate(layers):
         for i, ti in enumerate(tf.getmembers()):
             path = _norm(ti.name, n)
@@ -448,15 +463,15 @@ def squash(layers: list[tarfile.TarFile]) -> dict[str, _Entry]:
                 continue
             parent, _, base = path.rpartition("/")
             if base == _OPAQUE:
-                _drop(tree, parent, below=n, self_too=False)
+                tree.drop(parent, below=n, self_too=False)
             elif base.startswith(_WHITEOUT):
-                _drop(tree, f"{parent}/{base[4:]}" if parent else base[4:], below=n, self_too=True)
+                tree.drop(f"{parent}/{base[4:]}" if parent else base[4:], below=n, self_too=True)
             else:
-                old = tree.get(path)
+                old = tree.entries.get(path)
                 if old is not None and not (old.info.isdir() and ti.isdir()):
-                    _drop(tree, path, below=n + 1, self_too=False)
-                tree[path] = _Entry(n, i, ti)
-    return tree
+                    tree.drop(path, below=n + 1, self_too=False)
+                tree.put(path, _Entry(n, i, ti))
+    return tree.entries
 
 
 def _dir_info(name: str) -> tarfile.TarInfo:
@@ -547,7 +562,7 @@ def write_aci(out: Path, manifest: ImageManifest, layer_tars: list[Path]) -> Non
                     link = tarfile.TarInfo(f"rootfs/{path}")
                     link.type, link.linkname, link.mode = tarfile.SYMTYPE, target, 0o777
                     tf.addfile(link)
-    except tarfile.TarError as e:
+    except (tarfile.TarError, KeyError) as e:
         raise ImageError(f"bad layer archive: {e}") from None
     finally:
         for layer in layers:

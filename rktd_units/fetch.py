@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from rktd_units.errors import ImageError, TrustError
-from rktd_units.model import ImageManifest
+from rktd_units.model import ImageManifest, ImageRef
 
 if TYPE_CHECKING:
     from rktd_units.appc_discovery import AppRef
@@ -243,10 +243,10 @@ class Fetcher:
             warn(f"not verifying the signature of {manifest.name} from {source} (--insecure-options=image)")
             return False
         if sig is None:
-            from rktd_units.trust import trust_hint
-
             raise TrustError(
-                f"image {manifest.name} from {source} has no signature", hint=trust_hint(manifest.name)
+                f"image {manifest.name} from {source} has no signature",
+                hint="publish its detached signature as IMAGE.asc (or give --signature), "
+                "or skip the check with --insecure-options=image",
             )
         from rktd_units.trust import verify
 
@@ -312,9 +312,14 @@ class Fetcher:
         return aci, sig
 
     def fetch_name(self, image: str) -> ImageInfo:
-        from rktd_units.appc_discovery import discover, parse_app
+        from rktd_units.appc_discovery import parse_app
 
-        app = parse_app(image)
+        return self.fetch_app(parse_app(image))
+
+    def fetch_app(self, app: AppRef) -> ImageInfo:
+        """An appc image by name and labels: from the store per the pull policy, else by discovery."""
+        from rktd_units.appc_discovery import discover
+
         if self.pull_policy != "update":
             found = self.store.find(app.name, dict(app.labels))
             if found is not None:
@@ -421,3 +426,27 @@ def fetch(
     """Fetch one image into `store` (see the module doc); the store's ImageInfo of it."""
     h = http or Http(allow_http="http" in insecure, verify_tls="tls" not in insecure)
     return Fetcher(store, keys, insecure, pull_policy, h).fetch(image, signature=signature)
+
+
+def fetch_ref(
+    ref: ImageRef,
+    *,
+    store: Store,
+    keys: KeyStore,
+    insecure: frozenset[str] = frozenset(),
+    pull_policy: str = "new",
+) -> ImageInfo:
+    """The image a pod manifest's app names (by ID, docker:// name, or appc name and labels)."""
+    from rktd_units.appc_discovery import AC_IDENTIFIER, AppRef
+
+    if ref.id:
+        return store.get(ref.id)
+    if not ref.name:
+        raise ImageError("the image has neither a name nor an id")
+    h = Http(allow_http="http" in insecure, verify_tls="tls" not in insecure)
+    fetcher = Fetcher(store, keys, insecure, pull_policy, h)
+    if ref.is_docker:
+        return fetcher.fetch_docker(ref.name)
+    if not AC_IDENTIFIER.match(ref.name):
+        raise ImageError(f"invalid image name {ref.name!r}")
+    return fetcher.fetch_app(AppRef(ref.name, tuple(sorted((nv.name, nv.value) for nv in ref.labels))))

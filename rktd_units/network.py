@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import socket
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -356,20 +357,11 @@ def _del_network(entry: dict[str, Any], netns: str, cni_path: str) -> list[str]:
 # --- portmap's shared chains -----------------------------------------------------------------------
 
 # portmap creates these once per host and never removes them. When no forwarding is left (the
-# DNAT chain is empty and nothing jumps to SETMARK), remove them in one iptables-restore
+# DNAT chain is empty and nothing jumps to SETMARK), they are removed in one iptables-restore
 # transaction: the kernel refuses to delete a chain that is non-empty or still referenced, and
 # then the whole transaction is dropped, so a concurrent user of the chains is never broken.
-_PORTMAP_PRUNE = """*nat
--D PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
--D OUTPUT -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
--D POSTROUTING -m comment --comment "CNI portfwd requiring masquerade" -j CNI-HOSTPORT-MASQ
--F CNI-HOSTPORT-MASQ
--F CNI-HOSTPORT-SETMARK
--X CNI-HOSTPORT-MASQ
--X CNI-HOSTPORT-SETMARK
--X CNI-HOSTPORT-DNAT
-COMMIT
-"""
+_PORTMAP_CHAINS = ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK")
+_PORTMAP_FLUSHED = ("CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK")  # their rules are portmap's fixed ones
 
 
 @contextlib.contextmanager
@@ -380,8 +372,56 @@ def _portmap_lock(data_dir: Path) -> Iterator[None]:
         yield
 
 
+def _check_host_ports(entry: dict[str, Any]) -> None:
+    """Refuse a host port that another pod forwards already or that a host process listens on:
+    portmap would add a DNAT rule that never matches (or hides the host's service)."""
+    mappings = [m for p in entry["plugins"] for m in (p.get("runtimeConfig") or {}).get("portMappings", ())]
+    saved = run(["iptables-save", "-t", "nat"], check=False).stdout.decode(errors="replace").splitlines()
+    for m in mappings:
+        proto, port = m["protocol"], m["hostPort"]
+        taken = any(
+            line.startswith("-A CNI-HOSTPORT-DNAT ")
+            and f"-p {proto} " in line
+            and str(port) in re.findall(r"--dports ([0-9,]+)", line)[0].split(",")
+            for line in saved
+            if "--dports " in line
+        )
+        if taken:
+            raise NetworkError(f"host port {port}/{proto} is already forwarded to another pod")
+        family = socket.AF_INET6 if ":" in (m.get("hostIP") or "") else socket.AF_INET
+        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((m.get("hostIP") or "", port))
+            except OSError as e:
+                raise NetworkError(f"host port {port}/{proto} is in use on the host: {e.strerror}") from None
+
+
+@contextlib.contextmanager
+def _no_lock() -> Iterator[None]:
+    yield
+
+
 def _prune_portmap_chains() -> None:
-    proc = run(["iptables-restore", "--noflush", "--wait"], input=_PORTMAP_PRUNE.encode(), check=False)
+    saved = run(["iptables-save", "-t", "nat"], check=False).stdout.decode(errors="replace").splitlines()
+    existing = [c for c in _PORTMAP_CHAINS if any(line.startswith(f":{c} ") for line in saved)]
+    if not existing:
+        return
+    # The jumps into the chains from the built-in ones (an ADD killed half-way may have made only some).
+    jumps = [
+        line
+        for line in saved
+        if line.startswith(("-A PREROUTING ", "-A OUTPUT ", "-A POSTROUTING "))
+        and line.split(" -j ")[-1].split()[0] in existing
+    ]
+    script = ["*nat", *(f"-D {j[3:]}" for j in jumps)]
+    script += [f"-F {c}" for c in existing if c in _PORTMAP_FLUSHED] + [f"-X {c}" for c in existing]
+    proc = run(
+        ["iptables-restore", "--noflush", "--wait"],
+        input="\n".join([*script, "COMMIT", ""]).encode(),
+        check=False,
+    )
     log.debug("pruning portmap chains: %s", "done" if proc.returncode == 0 else "still in use")
 
 
@@ -420,6 +460,31 @@ def _sweep_nat(container_id: str, network_names: Sequence[str]) -> None:
             f"cannot remove the nat rules of pod {container_id}: {proc.stderr.decode().strip()}"
         )
     log.info("pod %s: removed %d chains and %d rules its plugins left", container_id, len(ours), len(rules))
+
+
+def _sweep_leases(entry: dict[str, Any], container_id: str) -> None:
+    """Remove host-local leases of this pod that its DEL cannot find.
+
+    host-local creates a lease file and then writes the owner into it; killed in between, it
+    leaves an empty file that no DEL matches, and the address is lost for good. Under
+    host-local's own lock (`<dir>/lock`, flock) an empty lease is certainly such a leftover.
+    """
+    for plugin in entry["plugins"][: entry.get("started", len(entry["plugins"]))]:
+        ipam = plugin.get("ipam")
+        if not isinstance(ipam, dict) or ipam.get("type") != "host-local" or not ipam.get("dataDir"):
+            continue
+        store = Path(ipam["dataDir"]) / entry["name"]
+        if not store.is_dir():
+            continue
+        with open(store / "lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for lease in store.iterdir():
+                with contextlib.suppress(ValueError, OSError):
+                    ipaddress.ip_address(lease.name.split("_")[0])
+                    owner = lease.read_text().split()[:1]
+                    if not owner or owner[0] == container_id:
+                        lease.unlink()
+                        log.info("pod %s: removed the stray lease %s", container_id, lease)
 
 
 # --- resolv.conf and hosts -------------------------------------------------------------------------
@@ -563,6 +628,9 @@ def _result_from_state(state: dict[str, Any]) -> NetResult:
 def _ports_check(kind: NetKind, ports: Sequence[PortForward]) -> None:
     if ports and kind == NetKind.NONE:
         raise NetworkError("--net=none: ports cannot be forwarded to a pod without a network")
+    seen = [(p.host_ip, p.host_port, p.protocol) for p in ports]
+    if len(set(seen)) != len(seen):
+        raise UsageError("the same host port is forwarded twice")
     for p in ports:
         if p.protocol not in ("tcp", "udp"):
             raise UsageError(f"port {p.name or p.container_port}: protocol {p.protocol!r} is not tcp or udp")
@@ -662,6 +730,7 @@ def _add_with_lock(
     try:
         if entry["portmap"]:
             with _portmap_lock(data_dir):
+                _check_host_ports(entry)
                 return _add_network(entry, state["netns"], state["cni_path"], save)
         return _add_network(entry, state["netns"], state["cni_path"], save)
     except PluginError as e:
@@ -703,19 +772,18 @@ def teardown(pod_uuid: str, pod_dir: Path, *, local_config: Path) -> None:
         return
     errors: list[str] = []
     data_dir = Path(state.get("data_dir") or DEFAULT_DATA_DIR)
-    netns = state.get("netns") or ""
-    for entry in reversed(state["networks"]):
-        if entry.get("portmap"):
-            with _portmap_lock(data_dir):
-                errors += _del_network(entry, netns, state["cni_path"])
-                _prune_portmap_chains()
-        else:
-            errors += _del_network(entry, netns, state["cni_path"])
-    if state["networks"] and not errors:
-        try:
-            _sweep_nat(pod_uuid, [e["name"] for e in state["networks"]])
-        except NetworkError as e:
-            errors.append(str(e))
+    with _portmap_lock(data_dir) if any(e.get("portmap") for e in state["networks"]) else _no_lock():
+        for entry in reversed(state["networks"]):
+            errors += _del_network(entry, state.get("netns") or "", state["cni_path"])
+        if state["networks"] and not errors:
+            try:
+                _sweep_nat(pod_uuid, [e["name"] for e in state["networks"]])
+            except NetworkError as e:
+                errors.append(str(e))
+            for entry in state["networks"]:
+                _sweep_leases(entry, pod_uuid)
+        if any(e.get("portmap") for e in state["networks"]):
+            _prune_portmap_chains()
     if errors:
         raise NetworkError(
             f"pod {pod_uuid}: network teardown incomplete: {errors[0]}", hint="rktd gc retries it"

@@ -86,7 +86,7 @@ def _entries(directory: Path) -> dict[str, list[tuple[Path, formats.Format]]] | 
     try:
         names = sorted(os.listdir(directory))
     except (FileNotFoundError, NotADirectoryError):
-        return None
+        return None  # other OSErrors (EACCES, EIO) reach the caller, who reports them
     out: dict[str, list[tuple[Path, formats.Format]]] = {}
     for entry in names:
         fmt = formats.format_for(entry)
@@ -123,10 +123,10 @@ def _index(dirs: Sequence[Path] | None) -> tuple[dict[str, _Outcome], list[Manif
     outcomes: dict[str, _Outcome] = {}
     stray: list[ManifestError] = []
     for directory in search_path() if dirs is None else dirs:
-        groups = _entries(directory)
-        if groups is None:
-            continue
         try:
+            groups = _entries(directory)
+            if groups is None:
+                continue
             dir_st = directory.stat()
         except OSError as e:
             stray.append(ManifestError(str(directory), "", f"cannot read: {e.strerror or e}"))
@@ -196,6 +196,12 @@ def find(name_or_path: str, dirs: Sequence[Path] | None = None) -> PodFile:
             )
         if path.is_dir():
             raise ManifestError(str(path), "", "is a directory, not a manifest file")
+        try:
+            masked = _is_mask(path, path.stat())
+        except OSError:
+            masked = False  # formats.load() reports why it cannot be read
+        if masked:
+            raise PodError(f"{path} is a mask (an empty file or a link to /dev/null), not a manifest")
         return formats.load(path, name)
     if not AC_NAME_RE.match(name_or_path):
         raise PodError(f"{name_or_path!r} is not a pod name (an AC Name) or a manifest path")

@@ -116,8 +116,8 @@ class PodDir:
         except (OSError, ValueError):
             return None
 
-    def write_atomic(self, name: str, data: bytes) -> None:
-        write_atomic(self.path / name, data)
+    def write_atomic(self, name: str, data: bytes, *, durable: bool = True) -> None:
+        write_atomic(self.path / name, data, durable=durable)
 
     def config(self) -> dict[str, Any]:
         cfg = self.read_json(STAGE1_CONFIG)
@@ -192,13 +192,15 @@ class PodDir:
         return out
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write to a temporary name in the same directory, fsync, rename."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+    """Write to a temporary name in the same directory, fsync (unless `durable` is false: files of a
+    pod that is about to run die with it on a crash, and fsync is slow on a busy disk), rename."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)

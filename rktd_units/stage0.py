@@ -362,7 +362,7 @@ def _volume_source(vol: Volume, pod_path: Path) -> str:
         path.mkdir(parents=True)
         os.chmod(path, int(vol.mode or "0755", 8))
         os.chown(path, vol.uid or 0, vol.gid or 0)
-    return str(path)
+    return f"volumes/{vol.name}"  # relative: the pod directory moves between states
 
 
 _SUFFIXES = {
@@ -420,8 +420,9 @@ def _isolators(pod: Pod, app: App, arg: ImageArg | None) -> dict[str, Any]:
 # -- preparing the pod directory -------------------------------------------------------------------
 
 
-def prepare(opts: RunOptions) -> PodDir:
-    """Create, fill and return a pod directory in state `prepare`, locked by this process."""
+def prepare(opts: RunOptions, *, durable: bool = True) -> PodDir:
+    """Create, fill and return a pod directory in state `prepare`, locked by this process
+    (`durable`: fsync its files, for a pod that waits in `prepared` for `run-prepared`)."""
     from rktd_units import annotations
 
     pod, name = pod_from_options(opts)
@@ -440,7 +441,7 @@ def prepare(opts: RunOptions) -> PodDir:
     pod_dir = pods.create()
     try:
         if opts.uuid_file_save:
-            write_atomic(Path(opts.uuid_file_save), f"{pod_dir.uuid}\n".encode())
+            write_atomic(Path(opts.uuid_file_save), f"{pod_dir.uuid}\n".encode(), durable=durable)
         apps = [app_spec(r, ra, pod, opts, pod_dir.path) for r, ra in zip(resolved, pod.apps, strict=True)]
         cfg = {
             "uuid": pod_dir.uuid,
@@ -458,8 +459,10 @@ def prepare(opts: RunOptions) -> PodDir:
         }
         from rktd_units.formats import appc
 
-        pod_dir.write_atomic(MANIFEST, appc.dump_pod(pod).encode())
-        pod_dir.write_atomic(STAGE1_CONFIG, json.dumps(cfg, indent=1, sort_keys=True).encode())
+        pod_dir.write_atomic(MANIFEST, appc.dump_pod(pod).encode(), durable=durable)
+        pod_dir.write_atomic(
+            STAGE1_CONFIG, json.dumps(cfg, indent=1, sort_keys=True).encode(), durable=durable
+        )
         shutil.copyfile(INIT_SOURCE, pod_dir.path / "init.py")
     except BaseException:
         _abandon(pod_dir)
@@ -480,7 +483,7 @@ def _abandon(pod_dir: PodDir) -> None:
 
 def run(opts: RunOptions) -> NoReturn:
     """`rktd run`: prepare and run in one go (prepare → run, skipping `prepared`)."""
-    pod_dir = prepare(opts)
+    pod_dir = prepare(opts, durable=False)
     exec_prepared(pod_dir, opts)
 
 
@@ -497,7 +500,7 @@ def exec_prepared(pod_dir: PodDir, opts: RunOptions) -> NoReturn:
     from rktd_units.stage1 import exec_stage1
 
     pod_dir.move(State.RUN)
-    pod_dir.write_atomic("pid", f"{os.getpid()}\n".encode())
+    pod_dir.write_atomic("pid", f"{os.getpid()}\n".encode(), durable=False)
     cfg = pod_dir.config()
     holds = _hold_images(opts, cfg)
     _setup_network(pod_dir, cfg, opts)
@@ -547,7 +550,7 @@ def _setup_network(pod_dir: PodDir, cfg: dict[str, Any], opts: RunOptions) -> No
             )
         if result.hosts is not None and result.hosts_source in ("flags", "host"):
             app["mounts"].append({"source": str(result.hosts), "target": "/etc/hosts", "read_only": True})
-    pod_dir.write_atomic(STAGE1_CONFIG, json.dumps(cfg, indent=1, sort_keys=True).encode())
+    pod_dir.write_atomic(STAGE1_CONFIG, json.dumps(cfg, indent=1, sort_keys=True).encode(), durable=False)
 
 
 def _port_forwards(network: Any, cfg: dict[str, Any], opts: RunOptions) -> list[Any]:

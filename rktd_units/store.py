@@ -5,12 +5,13 @@ Layout under `root` (the `--dir`, default /var/lib/rktd):
     cas/lock                      flock: commits, removals and the clean-up of stale staging dirs
     cas/tmp/<random>/             staging: one import (flock held on the directory while it runs)
     cas/images/sha512-<hex>/      one image, complete or absent:
-        aci                       the ACI exactly as imported (what `image export` writes back)
         manifest, rootfs/         the extracted tree, shared read-only by every pod of the image
+        skeleton                  the uncompressed tar minus the files' data: with the tree, it gives
+                                  back the exact tar (`image export`, checked against the ID)
         info.json                 import time, source, policy, sizes
         last-used                 its mtime is when a pod last held the image
 
-An import streams the ACI into a staging directory (blob copy, hash, checks, extraction), syncs the
+An import streams the ACI into a staging directory (hash, checks, extraction, skeleton), syncs the
 filesystem, and renames the whole directory to `images/<id>` under the store lock: that rename is
 the only commit point, so an import killed at any moment leaves nothing visible, and of two
 concurrent imports of one image exactly one directory survives. Staging directories whose flock is
@@ -45,8 +46,9 @@ log = logging.getLogger("rktd")
 
 ID_RE = re.compile(r"^sha512-[0-9a-f]{128}$")
 _PREFIX_RE = re.compile(r"^(sha512-)?([0-9a-f]{1,128})$")
+CHUNK = 1 << 20
 INFO = "info.json"
-BLOB = "aci"
+SKELETON = "skeleton"
 LAST_USED = "last-used"
 
 
@@ -60,7 +62,7 @@ class ImageInfo:
     manifest: ImageManifest
     source: str | None = None
     path: Path | None = None  # the image's directory in the store
-    blob_size: int = 0
+    raw_size: int = 0  # bytes of the ACI as imported (compressed)
     compression: str = "none"
     trusted: bool = False
     allow_devices: bool = False
@@ -235,7 +237,7 @@ class Store:
                 "importTime": time.time(),
                 "source": source,
                 "size": result.size,
-                "blobSize": result.raw_size,
+                "rawSize": result.raw_size,
                 "compression": str(result.compression),
                 "trusted": trusted,
                 "allowDevices": allow_devices,
@@ -251,9 +253,9 @@ class Store:
         from rktd_units import aci
 
         try:
-            blob_fd = os.open(stage / BLOB, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            with open(blob_fd, "wb", buffering=0) as blob:
-                return aci.read_aci(f, stage, policy, blob=blob, progress=progress)
+            fd = os.open(stage / SKELETON, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with open(fd, "wb", buffering=CHUNK) as skeleton:
+                return aci.read_aci(f, stage, policy, skeleton=skeleton, progress=progress)
         except OSError as e:
             raise StoreError(f"cannot extract the image into {stage}: {e}") from None
 
@@ -299,7 +301,7 @@ class Store:
             manifest=manifest,
             source=meta.get("source"),
             path=d,
-            blob_size=int(meta.get("blobSize", 0)),
+            raw_size=int(meta.get("rawSize", 0)),
             compression=str(meta.get("compression", "none")),
             trusted=bool(meta.get("trusted", False)),
             allow_devices=bool(meta.get("allowDevices", False)),
@@ -358,10 +360,6 @@ class Store:
     def rootfs(self, image_id: str) -> Path:
         """The image's extracted rootfs: shared by every pod of the image, never to be written."""
         return self.image_dir(image_id) / "rootfs"
-
-    def blob(self, image_id: str) -> Path:
-        """The ACI exactly as imported."""
-        return self.image_dir(image_id) / BLOB
 
     # --- use, removal, gc ---------------------------------------------------------------------------
 
@@ -434,15 +432,24 @@ class Store:
 
     # --- export and extraction ----------------------------------------------------------------------
 
+    def write_tar(self, image_id: str, out: BinaryIO) -> None:
+        """Write the image's uncompressed ACI (whose sha512 is its ID) to `out`; ImageError if the
+        stored tree no longer hashes to the ID.
+        """
+        from rktd_units import aci
+
+        d = self.image_dir(image_id)
+        with open(d / SKELETON, "rb") as skeleton:
+            aci.write_tar(skeleton, d, out, d.name)
+
     def export(self, image_id: str, out: Path, *, overwrite: bool = False) -> None:
-        """Write the ACI exactly as imported to `out` (atomically)."""
-        blob = self.blob(image_id)
-        if out.exists() and not overwrite:
+        """Write the image as an uncompressed ACI to `out` (atomically; same bytes, same ID)."""
+        if (out.exists() or out.is_symlink()) and not overwrite:
             raise ImageError(f"{out} exists", hint="pass --overwrite to replace it")
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent or ".")
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
         try:
-            with os.fdopen(fd, "wb") as dst, open(blob, "rb") as src:
-                shutil.copyfileobj(src, dst, 1 << 20)
+            with os.fdopen(fd, "wb", buffering=CHUNK) as dst:
+                self.write_tar(image_id, dst)
                 dst.flush()
                 os.fsync(dst.fileno())
             os.chmod(tmp, 0o644)
@@ -455,26 +462,42 @@ class Store:
     def extract(
         self, image_id: str, dest: Path, *, rootfs_only: bool = False, overwrite: bool = False
     ) -> None:
-        """Extract the image (manifest and rootfs/, or the rootfs' content) into a new directory `dest`,
-        through the same checks as the import (the tree is identical to the store's).
+        """Extract the image (manifest and rootfs/, or the rootfs' content) into a new directory `dest`:
+        its tar, reassembled and checked against the ID, goes through the import's checks again.
         """
+        import threading
+
         from rktd_units import aci
 
         info = self.get(image_id)
-        assert info.path is not None
-        if dest.exists() or dest.is_symlink():
-            if not overwrite:
-                raise ImageError(f"{dest} exists", hint="pass --overwrite to replace it")
-        parent = dest.parent
-        stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=parent))
+        if (dest.exists() or dest.is_symlink()) and not overwrite:
+            raise ImageError(f"{dest} exists", hint="pass --overwrite to replace it")
+        stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        rfd, wfd = os.pipe()
+        errors: builtins.list[BaseException] = []
+
+        def produce() -> None:
+            try:
+                with open(wfd, "wb", buffering=CHUNK) as w:
+                    self.write_tar(info.id, w)
+            except BaseException as e:  # reported below, after the reader has finished
+                errors.append(e)
+
+        writer = threading.Thread(target=produce, daemon=True)
+        writer.start()
         try:
-            policy = aci.Policy(trusted=info.trusted, allow_devices=info.allow_devices)
-            with open(info.path / BLOB, "rb") as f:
-                aci.read_aci(f, stage, policy)
-            src = stage / "rootfs" if rootfs_only else stage
+            with open(rfd, "rb", buffering=0) as r:
+                policy = aci.Policy(trusted=info.trusted, allow_devices=info.allow_devices)
+                try:
+                    aci.read_aci(r, stage, policy)
+                finally:
+                    r.close()
+                    writer.join()
+            if errors:
+                raise errors[0]
             if dest.exists() or dest.is_symlink():
                 _rmtree(dest) if dest.is_dir() and not dest.is_symlink() else dest.unlink()
-            os.rename(src, dest)
+            os.rename(stage / "rootfs" if rootfs_only else stage, dest)
         finally:
             if stage.exists():
                 _rmtree(stage)

@@ -16,8 +16,8 @@ This module knows only syntax (systemd.syntax(7), `src/shared/conf-parser.c`,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 
 from rktd_units.errors import RktdError
 
@@ -28,7 +28,10 @@ COMMENTS = "#;"
 _LINE_ENDS = "\n\r\0"
 
 # Characters that need no quoting in a command-line word (and mean nothing to systemd there).
-_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_./:=,@+-")
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9_./:=,@+-]+")
+_PLAIN_LINE = re.compile(r"[A-Za-z0-9_./:=,@+ -]*")  # words of plain characters, separated by spaces
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _ENV_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 _C_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\a": "\\a", "\b": "\\b", "\f": "\\f", "\v": "\\v"}
 _C_UNESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "s": " "}
@@ -42,35 +45,58 @@ class UnitFileError(RktdError):
 # -- The model -------------------------------------------------------------------------------------
 
 
-@dataclass
-class Assignment:
+class _Node:
+    """Plain classes, not dataclasses: this module is on the generator's start-up path, and each
+    dataclass costs a fraction of a millisecond to create at import."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and all(
+            getattr(self, a) == getattr(other, a) for a in self.__slots__
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{a}={getattr(self, a)!r}' for a in self.__slots__)})"
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+
+class Assignment(_Node):
     """`Key=value`: `value` is the logical value (continuations joined, stripped); `raw` the text."""
 
-    key: str
-    value: str
-    raw: str
+    __slots__ = ("key", "raw", "value")
+
+    def __init__(self, key: str, value: str, raw: str) -> None:
+        self.key, self.value, self.raw = key, value, raw
 
 
-@dataclass
-class Trivia:
+class Trivia(_Node):
     """A blank or comment line, kept as it was."""
 
-    raw: str
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: str) -> None:
+        self.raw = raw
 
 
-@dataclass
-class Section:
-    name: str
-    raw: str  # the `[Name]` line as written
-    items: list[Assignment | Trivia] = field(default_factory=list)
+class Section(_Node):
+    __slots__ = ("items", "name", "raw")
+
+    def __init__(self, name: str, raw: str, items: list[Assignment | Trivia] | None = None) -> None:
+        self.name = name
+        self.raw = raw  # the `[Name]` line as written
+        self.items: list[Assignment | Trivia] = items if items is not None else []
 
 
-@dataclass
-class UnitFile:
+class UnitFile(_Node):
     """Lines before the first section (comments only), then sections in file order."""
 
-    preamble: list[Trivia] = field(default_factory=list)
-    sections: list[Section] = field(default_factory=list)
+    __slots__ = ("preamble", "sections")
+
+    def __init__(self, preamble: list[Trivia] | None = None, sections: list[Section] | None = None) -> None:
+        self.preamble: list[Trivia] = preamble if preamble is not None else []
+        self.sections: list[Section] = sections if sections is not None else []
 
     def __str__(self) -> str:
         out = [t.raw for t in self.preamble]
@@ -148,11 +174,11 @@ def check_value(value: str, what: str, *, allow_empty: bool = False) -> None:
         if allow_empty:
             return
         raise UnitFileError(f"{what}: empty value")
-    for c in value:
-        if _is_control(c):
-            raise UnitFileError(f"{what}: control character {c!r} cannot be written into a unit file")
-        if "\ud800" <= c <= "\udfff":
-            raise UnitFileError(f"{what}: not valid UTF-8", hint="systemd ignores lines that are not UTF-8")
+    m = _CONTROL.search(value)
+    if m:
+        raise UnitFileError(f"{what}: control character {m.group()!r} cannot be written into a unit file")
+    if _SURROGATE.search(value):
+        raise UnitFileError(f"{what}: not valid UTF-8", hint="systemd ignores lines that are not UTF-8")
     if value[0] in WHITESPACE or value[-1] in WHITESPACE:
         raise UnitFileError(f"{what}: leading or trailing whitespace would be lost")
     if (len(value) - len(value.rstrip("\\"))) % 2:
@@ -164,6 +190,10 @@ def check_value(value: str, what: str, *, allow_empty: bool = False) -> None:
 
 def _physical_lines(text: str) -> list[str]:
     """Split as systemd's read_line(): a line ends at \\n, \\r, \\r\\n or NUL; the end stays in the line."""
+    if "\r" not in text and "\0" not in text:
+        lines = [line + "\n" for line in text.split("\n")]
+        lines[-1] = lines[-1][:-1]
+        return lines if lines[-1] else lines[:-1]
     lines, start, i, n = [], 0, 0, len(text)
     while i < n:
         c = text[i]
@@ -178,10 +208,6 @@ def _physical_lines(text: str) -> list[str]:
     return lines
 
 
-def _content(line: str) -> str:
-    return line.rstrip(_LINE_ENDS)
-
-
 def _continues(content: str) -> bool:
     return (len(content) - len(content.rstrip("\\"))) % 2 == 1
 
@@ -190,43 +216,46 @@ def parse(text: str, path: str = "<unit>") -> UnitFile:
     """Parse unit-file text; `str()` of the result is `text` again. Raises UnitFileError with the line."""
     unit = UnitFile()
     lines = _physical_lines(text)
+    n = len(lines)
     i = 0
-    while i < len(lines):
+    while i < n:
         start = i
-        content = _content(lines[i])
+        content = lines[i].rstrip(_LINE_ENDS)
         stripped = content.strip(WHITESPACE)
         i += 1
         if not stripped or stripped[0] in COMMENTS:
             unit._last_items().append(Trivia(lines[start]))
             continue
         logical = content
-        while _continues(logical) and i < len(lines):
-            nxt = _content(lines[i])
-            i += 1
-            if nxt.strip(WHITESPACE)[:1] in tuple(COMMENTS):
-                continue  # systemd skips comment lines inside a continuation
-            logical = logical[:-1] + " " + nxt
-        if _continues(logical):
-            logical = logical[:-1]  # a continuation at the end of the file ends there
-        raw = "".join(lines[start:i])
-        _parse_logical(unit, logical.strip(WHITESPACE), raw, f"{path}:{start + 1}")
+        if content[-1] == "\\":
+            while _continues(logical) and i < n:
+                nxt = lines[i].rstrip(_LINE_ENDS)
+                i += 1
+                if nxt.strip(WHITESPACE)[:1] in ("#", ";"):
+                    continue  # systemd skips comment lines inside a continuation
+                logical = logical[:-1] + " " + nxt
+            if _continues(logical):
+                logical = logical[:-1]  # a continuation at the end of the file ends there
+            stripped = logical.strip(WHITESPACE)
+        raw = lines[start] if i == start + 1 else "".join(lines[start:i])
+        _parse_logical(unit, stripped, raw, path, start + 1)
     return unit
 
 
-def _parse_logical(unit: UnitFile, line: str, raw: str, where: str) -> None:
-    if len(line.encode(errors="surrogateescape")) > LONG_LINE_MAX:
-        raise UnitFileError(f"{where}: line longer than {LONG_LINE_MAX} bytes")
-    if line.startswith("["):
-        if not line.endswith("]") or len(line) < 3:
-            raise UnitFileError(f"{where}: invalid section header {line!r}")
+def _parse_logical(unit: UnitFile, line: str, raw: str, path: str, number: int) -> None:
+    if len(line) > LONG_LINE_MAX // 4 and len(line.encode(errors="surrogateescape")) > LONG_LINE_MAX:
+        raise UnitFileError(f"{path}:{number}: line longer than {LONG_LINE_MAX} bytes")
+    if line[0] == "[":
+        if line[-1] != "]" or len(line) < 3:
+            raise UnitFileError(f"{path}:{number}: invalid section header {line!r}")
         unit.sections.append(Section(line[1:-1], raw))
         return
     key, eq, value = line.partition("=")
     if not eq:
-        raise UnitFileError(f"{where}: missing '='")
+        raise UnitFileError(f"{path}:{number}: missing '='")
     if not unit.sections:
-        raise UnitFileError(f"{where}: assignment outside of a section")
-    unit.sections[-1].items.append(Assignment(key.strip(WHITESPACE), value.strip(WHITESPACE), raw))
+        raise UnitFileError(f"{path}:{number}: assignment outside of a section")
+    unit.sections[-1].items.append(Assignment(key.rstrip(WHITESPACE), value.lstrip(WHITESPACE), raw))
 
 
 # -- Escaping --------------------------------------------------------------------------------------
@@ -249,11 +278,10 @@ def quote_word(word: str, *, env: bool = True) -> str:
     inside double quotes with C escapes for `\\`, `"` and control characters."""
     if isinstance(word, Raw):
         return str(word)
-    for c in word:
-        if "\ud800" <= c <= "\udfff":
-            raise UnitFileError(f"{word[:40]!r}: not valid UTF-8")
-        if c == "\0":
-            raise UnitFileError(f"{word[:40]!r}: NUL cannot be passed in a command line")
+    if _SURROGATE.search(word):
+        raise UnitFileError(f"{word[:40]!r}: not valid UTF-8")
+    if "\0" in word:
+        raise UnitFileError(f"{word[:40]!r}: NUL cannot be passed in a command line")
     if len(word.encode()) >= MAX_ARG_STRLEN:
         raise UnitFileError(
             f"{word[:40]!r}...: longer than the kernel's {MAX_ARG_STRLEN}-byte argument limit"
@@ -261,7 +289,7 @@ def quote_word(word: str, *, env: bool = True) -> str:
     word = word.replace("%", "%%")
     if env:
         word = word.replace("$", "$$")
-    if word and all(c in _PLAIN for c in word):
+    if _PLAIN_WORD.fullmatch(word):
         return word
     out = ['"']
     for c in word:
@@ -277,7 +305,7 @@ def quote_word(word: str, *, env: bool = True) -> str:
 
 def exec_line(argv: Sequence[str], prefix: str = "") -> str:
     """An `Exec*=` value running `argv`; `prefix` is systemd's `-@:+!` flags for the first word."""
-    if not argv or not argv[0].startswith("/") or not all(c in _PLAIN for c in argv[0]):
+    if not argv or not argv[0].startswith("/") or not _PLAIN_WORD.fullmatch(argv[0]):
         raise UnitFileError(f"{argv[:1]!r}: the command must be a plain absolute path")
     if any(c not in "-@:+!" for c in prefix):
         raise UnitFileError(f"{prefix!r} is not an Exec prefix")
@@ -342,6 +370,8 @@ def _extract_word(s: str, i: int) -> tuple[str | None, int]:
 
 def expand_specifiers(word: str, specifiers: Mapping[str, str]) -> str:
     """`%%` -> `%`, `%X` -> specifiers[X]; an unknown specifier is an error, as in systemd."""
+    if "%" not in word:
+        return word
     out, i = [], 0
     while i < len(word):
         c = word[i]
@@ -372,6 +402,9 @@ def expand_env(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
         if _is_env_name(word[1:]) and word[0] == "$":
             out.extend(env.get(word[1:], "").split())
             continue
+        if "$" not in word:
+            out.append(word)
+            continue
         parts, i = [], 0
         while i < len(word):
             if word.startswith("$$", i):
@@ -394,6 +427,12 @@ def split_exec(
     """The commands an `Exec*=` value runs, as systemd reads them (config_parse_exec): the prefix
     flags, then each command's argv after unquoting, C unescaping, specifier and `$` expansion.
     Commands are separated by an unquoted `;` word; `\\;` is a literal `;`."""
+    if _PLAIN_LINE.fullmatch(value):  # nothing to unquote, unescape or expand (`-` is only a prefix)
+        plain = value.split()
+        if not plain:
+            return "", []
+        stripped = plain[0].lstrip("-@:+!")
+        return plain[0][: len(plain[0]) - len(stripped)], [[stripped, *plain[1:]]]
     prefix, commands, i = "", list[list[str]](), 0
     while True:
         while i < len(value) and value[i] in WHITESPACE:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from rktd_units import annotations as rktd_annotations
@@ -54,14 +53,17 @@ _DNS_FLAGS = (("--dns", "rktd/dns"), ("--dns-search", "rktd/dns-search"), ("--dn
 _UNIT_SUFFIX = re.compile(r"\.[a-z]+$")
 
 
-@dataclass(frozen=True)
 class Output:
     """One file to write, relative to the generator's output directory: a unit, or a symlink to
-    the unit at `link` (relative to the same directory)."""
+    the unit at `link` (relative to the same directory). (A plain class: cheaper to import.)"""
 
-    path: str
-    unit: UnitFile | None = None
-    link: str | None = None
+    __slots__ = ("link", "path", "unit")
+
+    def __init__(self, path: str, unit: UnitFile | None = None, link: str | None = None) -> None:
+        self.path, self.unit, self.link = path, unit, link
+
+    def __repr__(self) -> str:
+        return f"Output({self.path!r}, unit={self.unit!r}, link={self.link!r})"
 
 
 # -- Filters: how the templates escape each kind of value ------------------------------------------

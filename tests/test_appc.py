@@ -330,3 +330,27 @@ def test_golden_invalid_manifest(manifest: Path, field: str, message: str) -> No
     assert err.field == field, str(err)
     assert message in err.message, str(err)
     assert "\n" not in str(err) and str(err).startswith(f"{manifest}: ")
+
+
+def test_kubernetes_pods_dump_to_appc_that_loads_back_equal() -> None:
+    """The registry's two formats meet in one model: a Kubernetes pod is expressible as appc JSON."""
+    yaml_text = b"""apiVersion: v1
+kind: Pod
+metadata:
+  name: res
+spec:
+  volumes:
+  - {name: data, hostPath: {path: /srv/data}}
+  containers:
+  - name: app
+    image: busybox:1.36
+    command: ["/bin/sh", "-c", "sleep 1"]
+    env: [{name: FOO, value: bar}]
+    resources:
+      limits: {memory: 128Mi, cpu: 500m}
+    volumeMounts: [{name: data, mountPath: /data}]
+"""
+    pod = formats.loads(yaml_text, "res.yaml", ManifestFormat.KUBERNETES)
+    assert pod.apps[0].image.name == "docker://busybox:1.36"
+    text = formats.dump(pod, ManifestFormat.APPC)
+    assert appc.load_pod(text.encode(), "res.json") == pod

@@ -136,3 +136,8 @@ def test_parse_app() -> None:
     for bad in ("Example.com/app", "example.com/app:", "example.com/app,os", "a,os=x,os=y", "a:1,version=2"):
         with pytest.raises(ImageError):
             parse_app(bad)
+
+
+def test_app_string_round_trip() -> None:
+    for text in ("example.com/app", "example.com/app:1.0", "example.com/app:1.0,arch=amd64,os=linux"):
+        assert str(parse_app(text)) == text

@@ -274,3 +274,41 @@ def test_bearer_token_auth(tmp_path: Path) -> None:
                     keys=keys,
                     insecure=INSECURE,
                 )
+
+
+def _squash(*layers: list[Entry]) -> dict[str, str]:
+    import io
+    import tarfile
+
+    from rktd_units.docker import squash
+
+    tars = [tarfile.open(fileobj=io.BytesIO(layer_tar(entries))) for entries in layers]
+    return {p: "dir" if e.info.isdir() else f"{e.layer}" for p, e in squash(tars).items()}
+
+
+def test_squash_rules() -> None:
+    lower = [Entry("d", "dir"), Entry("d/x", data=b"x"), Entry("d/sub", "dir"), Entry("d/sub/y"), Entry("f")]
+    # A whited-out directory takes its whole subtree; a file over a directory replaces the subtree.
+    assert _squash(lower, [Entry(".wh.d"), Entry("g")]) == {"f": "0", "g": "1"}
+    assert _squash(lower, [Entry("d/sub", data=b"now a file")]) == {
+        "d": "dir",
+        "d/x": "0",
+        "d/sub": "1",
+        "f": "0",
+    }
+    # A directory over a file; an opaque directory keeps what its own layer puts in it.
+    assert _squash(lower, [Entry("f", "dir"), Entry("f/z")]) == {
+        "d": "dir",
+        "d/x": "0",
+        "d/sub": "dir",
+        "d/sub/y": "0",
+        "f": "dir",
+        "f/z": "1",
+    }
+    assert _squash(lower, [Entry("d/new"), Entry("d/.wh..wh..opq")]) == {"d": "dir", "d/new": "1", "f": "0"}
+    # Whiteouts never touch their own layer, and a whiteout of nothing is harmless.
+    assert (
+        _squash(lower, [Entry("d/.wh.x"), Entry("d/x", data=b"again"), Entry(".wh.nothing")])["d/x"] == "1"
+    )
+    with pytest.raises(ImageError, match=r"\.\."):
+        _squash([Entry("../escape")])

@@ -337,6 +337,14 @@ def test_port_forward_from_host_loopback(env: Env, httpd: Callable[[str], str]) 
     token = httpd(res.netns_path)
     assert http_get("127.0.0.1", port) == token
     assert http_get("127.0.0.1", port_lo) == token
+    with pytest.raises(NetworkError, match=f"host port {port}/tcp is already forwarded"):
+        env.setup("default", ports=[PortForward(port, 80)])
+    with socket.socket() as listener:  # a host service on the port: forwarding would hide it
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        busy = listener.getsockname()[1]
+        with pytest.raises(NetworkError, match=f"host port {busy}/tcp is in use on the host"):
+            env.setup("default", ports=[PortForward(busy, 80)])
     assert any(f"--dport {port}" in r for r in iptables_rules())
     env.teardown(pod_uuid, pod_dir)
     assert not any(f"--dport {port}" in r for r in iptables_rules())
@@ -508,3 +516,39 @@ def test_teardown_after_the_namespace_vanished(env: Env) -> None:
     env.teardown(pod_uuid, pod_dir)  # the lease, the masquerade and the port rules all go
     assert not any(pod_uuid in r for r in iptables_rules())
     assert leases(env.data_dir) == set() and network.status(pod_dir) is None
+
+
+def test_chain_names_match_the_plugins() -> None:
+    # Seen in iptables-save after ptp (ipMasq) and portmap ADD for network "default", container "abc-1".
+    assert network._cni_chains("default", "abc-1") == (
+        "CNI-faae9bb84ed6b6bf90f93178",
+        "CNI-DN-faae9bb84ed6b6bf90f93",
+    )
+
+
+@needs_net
+def test_teardown_sweeps_what_killed_plugins_leave(env: Env) -> None:
+    """A plugin killed half-way through ADD leaves things its DEL never looks for: an empty
+    host-local lease, a masquerade chain without the jump to it. Teardown removes both."""
+    pod_uuid, pod_dir, _ = env.setup("default")
+    empty_lease = env.data_dir / "default" / "172.16.28.250"
+    empty_lease.touch()
+    masq, _dnat = network._cni_chains("default", pod_uuid)
+    comment = f'name: "default" id: "{pod_uuid}"'
+    # As ptp leaves it when killed after its masquerade chain but before the POSTROUTING jump:
+    # first DEL the pod's own rules, then recreate the chain alone.
+    subprocess.run(["iptables", "-t", "nat", "-F", masq], check=True)
+    for r in [
+        line for line in iptables_rules() if line.startswith("nat -A POSTROUTING") and pod_uuid in line
+    ]:
+        source = r.split("-s ")[1].split()[0]
+        rule = ["-s", source, "-m", "comment", "--comment", comment, "-j", masq]
+        subprocess.run(["iptables", "-t", "nat", "-D", "POSTROUTING", *rule], check=True)
+    subprocess.run(
+        ["iptables", "-t", "nat", "-A", masq, "-m", "comment", "--comment", comment, "-j", "ACCEPT"],
+        check=True,
+    )
+    assert any(masq in r for r in iptables_rules()) and empty_lease.exists()
+    env.teardown(pod_uuid, pod_dir)
+    assert not any(masq in r for r in iptables_rules())
+    assert not empty_lease.exists() and leases(env.data_dir) == set()

@@ -48,7 +48,8 @@ def sh(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         timeout=600,
         **kwargs,  # type: ignore[call-overload]
     )
-    assert proc.returncode == 0, f"{argv} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    out = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, f"{argv} exited {proc.returncode}:\n{out}"
     return proc  # type: ignore[no-any-return]
 
 
@@ -188,5 +189,3 @@ def test_rpm_builds_rpmlint_clean(tmp_path: Path) -> None:
     )
     assert lint.returncode == 0 and " 0 errors" in lint.stdout, lint.stdout + lint.stderr
     assert not re.search(r": E: ", lint.stdout), lint.stdout
-
-

@@ -184,6 +184,8 @@ def test_find_by_name_and_by_path(tmp_path: Path, dirs: list[Path]) -> None:
         podpath.find("Bad_Name", dirs)
     with pytest.raises(ManifestError, match="cannot read"):
         podpath.find(str(tmp_path / "missing.json"), dirs)
+    with pytest.raises(PodError, match="is a mask"):
+        podpath.find(str(write(tmp_path / "x" / "empty.json", "")), dirs)
     bad_stem = write(tmp_path / "x" / "Bad.json", manifest())
     with pytest.raises(ManifestError, match="not a pod name"):
         podpath.find(str(bad_stem), dirs)

@@ -33,19 +33,20 @@ def _mounts(marker: str) -> list[str]:
 
 
 def _procs(marker: str) -> list[str]:
+    """Processes of the test's pods: `marker` (the test's tmp dir) in their command line, or in the
+    mount table of their own mount namespace (every pod mounts from its pod directory)."""
+    own_ns = os.readlink("/proc/self/ns/mnt")
     out = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            ns = os.readlink(f"/proc/{pid}/ns/mnt")
+            mine = marker in cmd or (ns != own_ns and marker in Path(f"/proc/{pid}/mountinfo").read_text())
         except OSError:
             continue
-        try:
-            root = os.readlink(f"/proc/{pid}/root")
-        except OSError:
-            root = ""
-        if marker in cmd or marker in root:
+        if mine and cmd:
             out.append(f"{pid} {cmd}")
     return sorted(out)
 
@@ -306,7 +307,11 @@ def test_pod_manifest_apps_share_network_and_ipc(rktd: Rktd, tmp_path: Path) -> 
                 "name": "a",
                 "image": {"name": IMG, "id": rktd.image.id},
                 "app": {
-                    "exec": ["/bin/sh", "-c", "readlink /proc/self/ns/net /proc/self/ns/ipc > /out/a"],
+                    "exec": [
+                        "/bin/sh",
+                        "-c",
+                        "(readlink /proc/self/ns/net; readlink /proc/self/ns/ipc) > /out/a",
+                    ],
                     "user": "0",
                     "group": "0",
                     "eventHandlers": [
@@ -322,7 +327,7 @@ def test_pod_manifest_apps_share_network_and_ipc(rktd: Rktd, tmp_path: Path) -> 
                     "exec": [
                         "/bin/sh",
                         "-c",
-                        "sleep 0.3; readlink /proc/self/ns/net /proc/self/ns/ipc > /out/b",
+                        "sleep 0.3; (readlink /proc/self/ns/net; readlink /proc/self/ns/ipc) > /out/b",
                     ],
                     "user": "0",
                     "group": "0",
@@ -364,9 +369,9 @@ def test_memory_limit(rktd: Rktd, flavour: str) -> None:
     limited = run_sh(rktd, flavour, hog, app=("--memory=32M",))
     assert "survived" not in limited.stdout
     assert limited.returncode in (137, -signal.SIGKILL)  # the kernel's OOM killer, inside the limit
+    uuids = [p["uuid"] for p in json.loads(rktd("list", "--format=json").stdout)]
     assert rktd("gc", "--grace-period=0s").returncode == 0
-    leftovers = [p for p in Path("/sys/fs/cgroup/memory").rglob("rktd-*") if str(rktd.dir) in p.name]
-    assert not leftovers
+    assert not [p for u in uuids for p in Path("/sys/fs/cgroup/memory").rglob(f"rktd-{u}")]
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
@@ -415,7 +420,8 @@ def test_sigkill_of_stage1_leaves_nothing(rktd: Rktd, flavour: str, tmp_path: Pa
     )  # fmt: skip
     uuid = rktd.wait_running(uuid_file, proc)
     rktd.wait_output(proc, "up")
-    assert len([p for p in _procs(str(tmp_path)) if "sleep 600" in p]) == (2 if flavour == "nspawn" else 1)
+    sleeps = [p for p in _procs(str(tmp_path)) if p.split(" ", 1)[1].startswith("sleep 600")]
+    assert len(sleeps) == (2 if flavour == "nspawn" else 1), sleeps
     os.kill(rktd.status(uuid)["pid"], signal.SIGKILL)
     proc.communicate(timeout=30)
     deadline = time.monotonic() + 10

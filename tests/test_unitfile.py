@@ -136,7 +136,7 @@ def test_add_builds_sections_that_parse_back() -> None:
     unit.add("Unit", "After", "y.service")
     text = str(unit)
     assert text == (
-        "# generated\n\n[Unit]\nDescription=d\nAfter=y.service\n\n[Service]\nExecStart=/bin/x \"a b\"\n"
+        '# generated\n\n[Unit]\nDescription=d\nAfter=y.service\n\n[Service]\nExecStart=/bin/x "a b"\n'
     )
     again = parse(text)
     assert str(again) == text

@@ -22,8 +22,6 @@ Decisions, where the spec or rkt's Go decoder left room:
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -163,6 +161,8 @@ def _hash(value: object, field: str) -> str:
 
 
 def _ip(value: object, field: str) -> str:
+    import ipaddress  # only when a manifest has a hostIP: start-up time matters (STYLE.md 13)
+
     s = string(value, field)
     try:
         ipaddress.ip_address(s)
@@ -242,13 +242,15 @@ def _annotations(value: object, field: str) -> tuple[NameValue, ...]:
 
 
 def _rfc3339(value: str, field: str) -> None:
+    import datetime  # only for a `created` annotation
+
     m = _RFC3339_RE.match(value)
     try:
         if not m:
             raise ValueError(value)
         y, mo, d, h, mi, s = (int(m.group(i)) for i in range(1, 7))
-        datetime.datetime(y, mo, d, h, mi, min(s, 59))
-        if m.group(9) and (int(m.group(9)) > 23 or int(m.group(10)) > 59):
+        datetime.datetime(y, mo, d, h, mi, min(s, 59))  # a leap second (60) is allowed
+        if s > 60 or (m.group(9) and (int(m.group(9)) > 23 or int(m.group(10)) > 59)):
             raise ValueError(value)
     except ValueError:
         raise fail(field, f"{value!r} is not an RFC 3339 date", "e.g. 2026-01-31T12:00:00Z") from None

@@ -56,7 +56,7 @@ from typing import Any
 from rktd_units import annotations as rktd_annotations
 from rktd_units.annotations import AC_NAME_RE
 from rktd_units.errors import ManifestError
-from rktd_units.formats.kube_yaml import parse_yaml
+from rktd_units.formats.kube_yaml import key_text, parse_yaml
 from rktd_units.model import (
     App,
     ImageRef,
@@ -303,7 +303,7 @@ def _fields(value: object, field: str, pattern: str) -> dict[str, Any]:
     for key in obj:
         if key not in allowed:
             hint = _HINTS.get(_at(pattern, key), "supported: " + ", ".join(allowed))
-            raise _fail(_at(field, key), "not supported by rktd", hint=hint)
+            raise _fail(_at(field, key_text(key)), "not supported by rktd", hint=hint)
     return obj
 
 
@@ -432,7 +432,7 @@ def _resources(value: object, field: str) -> tuple[Isolator, ...]:
     given: dict[str, dict[str, tuple[str, Decimal]]] = {"cpu": {}, "memory": {}}
     for kind in ("limits", "requests"):
         for name, amount in _map(obj.get(kind), _at(field, kind)).items():
-            where = f"{field}.{kind}[{name}]"
+            where = f"{field}.{kind}[{key_text(name)}]"
             if name not in given:
                 raise _fail(where, "not supported by rktd", hint="supported: cpu, memory")
             given[name][kind[:-1]] = _quantity(amount, where)
@@ -478,7 +478,10 @@ def _exec(obj: dict[str, Any], field: str, env: tuple[NameValue, ...]) -> tuple[
             "args without command needs the image's entrypoint, which the generator cannot read",
             hint="give command (the entrypoint) too",
         )
-    return tuple(expand(a, values) for a in command + args)
+    argv = tuple(expand(a, values) for a in command + args)
+    if argv and not argv[0]:
+        raise _fail(f"{field}.command[0]", "the program must not be empty")
+    return argv
 
 
 def _ports(value: object, field: str) -> tuple[tuple[Port, ...], tuple[PodPort, ...]]:
@@ -503,7 +506,8 @@ def _ports(value: object, field: str) -> tuple[tuple[Port, ...], tuple[PodPort, 
         if any((p.port, p.protocol) == (number, Protocol(proto.lower())) for p in ports):
             raise _fail(_at(where, "containerPort"), f"{number}/{proto} is given twice")
         ports.append(Port(name, Protocol(proto.lower()), number))
-        host_port = _int(obj.get("hostPort") or 0, _at(where, "hostPort"), 0, 65535)
+        raw_host_port = obj.get("hostPort")
+        host_port = 0 if raw_host_port is None else _int(raw_host_port, _at(where, "hostPort"), 0, 65535)
         host_ip = None
         if obj.get("hostIP") is not None:
             host_ip = _ip(obj["hostIP"], _at(where, "hostIP"))
@@ -694,7 +698,7 @@ def _metadata(value: object) -> tuple[str, dict[str, str], tuple[NameValue, ...]
     name = _name(_required(meta, "name", "metadata"), "metadata.name", limit=253)
     given: dict[str, str] = {}
     for key, text in _map(meta.get("annotations"), "metadata.annotations").items():
-        where = f"metadata.annotations[{key}]"
+        where = f"metadata.annotations[{key_text(key)}]"
         problem = _key_problem(key)
         if problem or not AC_IDENTIFIER_RE.match(key):
             raise _fail(where, f"is not an annotation name: {problem or 'not an AC Identifier'}")
@@ -702,7 +706,7 @@ def _metadata(value: object) -> tuple[str, dict[str, str], tuple[NameValue, ...]
     rktd_annotations.read(given, field_prefix="metadata.annotations")
     labels = []
     for key, text in sorted(_map(meta.get("labels"), "metadata.labels").items()):
-        where = f"metadata.labels[{key}]"
+        where = f"metadata.labels[{key_text(key)}]"
         problem = _key_problem(key)
         if problem:
             raise _fail(where, f"is not a label name: {problem}")
@@ -761,12 +765,17 @@ def _unique_ports(apps: list[RuntimeApp], app: RuntimeApp, index: int) -> None:
             raise _fail(_at(where, "containerPort"), f"{port.port} is already a port of another container")
 
 
+def _one_line(text: str) -> str:
+    """Errors are one line: escape the line breaks a YAML library message might carry."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def load_named(data: bytes, path: str) -> tuple[str, Pod]:
     """Parse a Kubernetes v1 Pod: its metadata.name and the pod. Every problem is a ManifestError."""
     try:
         return _pod(parse_yaml(data))
     except ManifestError as e:
-        raise e.with_path(path) from None
+        raise ManifestError(path, e.field, _one_line(e.message), hint=e.hint) from None
 
 
 def load_pod(data: bytes, path: str) -> Pod:

@@ -1,7 +1,14 @@
 """Export any pod (also one read from appc) as a Kubernetes v1 Pod: `rktd_units.formats.kube`'s
-mapping, backwards. Errors name the model's field in appc spelling (`apps[0].image.id`); whatever
-is written loads back to the same pod, up to the defaults Kubernetes makes explicit (`rktd/restart`
-is on-failure when an appc pod leaves it out).
+mapping, backwards.
+
+What Kubernetes has no field for is an error naming the model's field in appc spelling
+(`apps[0].image.id: cannot be expressed in a Kubernetes Pod: an image ID`); where only Kubernetes'
+grammar is narrower (port names of at most 15 characters, label and annotation keys), the error
+names the Kubernetes field the pod would have had, because the document is checked by loading it.
+rktd annotations no Kubernetes field says (`rktd/net` networks, `rktd/wanted-by`, a systemd-only
+`rktd/restart` next to its nearest restartPolicy) travel as annotations. Whatever is written loads
+back to the same pod, up to the defaults Kubernetes makes explicit (`rktd/restart` is on-failure
+when an appc pod leaves it out) and canonical order (annotations and labels sorted).
 """
 
 from __future__ import annotations
@@ -246,10 +253,14 @@ def to_document(pod: Pod, name: str) -> dict[str, Any]:
         volumes.append({"name": v.name, **kind})
     if volumes:
         spec["volumes"] = volumes
-    labels = {label.name: label.value for label in pod.user_labels}
+    labels = {label.name: label.value for label in sorted(pod.user_labels, key=lambda x: x.name)}
     if len(labels) != len(pod.user_labels):
         raise _inexpressible("userLabels", "a label is given twice")
-    metadata: dict[str, Any] = {"name": name, "labels": labels, "annotations": annotations}
+    metadata: dict[str, Any] = {
+        "name": name,
+        "labels": labels,
+        "annotations": dict(sorted(annotations.items())),
+    }
     doc = {
         "apiVersion": "v1",
         "kind": "Pod",

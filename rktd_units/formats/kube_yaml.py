@@ -1,9 +1,11 @@
 """Safe YAML for manifests: one document, UTF-8, bounded in bytes, depth and alias expansion.
 
 PyYAML's safe loader (the C one when built) already refuses arbitrary tags; on top of that a
-manifest is at most MAX_BYTES, nests at most MAX_DEPTH levels, expands to at most MAX_NODES nodes
-through aliases (no "billion laughs"), has no alias inside its own anchor (no cycles) and no key
-given twice in a mapping (PyYAML silently keeps the last). Every problem is a ManifestError.
+manifest is at most MAX_BYTES, nests at most MAX_DEPTH levels (checked on the event stream first:
+libyaml's composer recurses in C, and a few hundred thousand `[` crash the process), expands to
+at most MAX_NODES nodes through aliases (no "billion laughs"), has no alias inside its own anchor
+(no cycles) and no key given twice in a mapping (PyYAML silently keeps the last). Every problem is
+a ManifestError.
 """
 
 from __future__ import annotations
@@ -24,8 +26,15 @@ def _fail(field: str, message: str, hint: str | None = None) -> ManifestError:
     return ManifestError(None, field, message, hint=hint)
 
 
+def key_text(key: str) -> str:
+    """A mapping key as it may appear in a field path: as written, or quoted if it is not plain text."""
+    if 0 < len(key) <= 100 and key.isprintable() and not any(c.isspace() for c in key):
+        return key
+    return repr(key if len(key) <= 100 else key[:97] + "...")
+
+
 def _at(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
+    return f"{path}.{key_text(key)}" if path else key_text(key)
 
 
 def _node_children(node: yaml.Node, field: str) -> list[tuple[yaml.Node, str]]:
@@ -71,6 +80,22 @@ def _check_nodes(root: yaml.Node) -> None:
         stack += [(c, f, depth + 1, False) for c, f in reversed(_node_children(node, field))]
 
 
+def _check_depth(text: str) -> None:
+    """Refuse deep nesting from the event stream, before libyaml's recursive composer can crash on it."""
+    scanner = _Loader(text)
+    depth = 0
+    try:
+        while not isinstance(event := scanner.get_event(), yaml.StreamEndEvent):
+            if isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise _fail("", f"is nested more than {MAX_DEPTH} levels deep")
+            elif isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
+                depth -= 1
+    finally:
+        scanner.dispose()
+
+
 def parse_yaml(data: bytes) -> object:
     """The one YAML document in `data`, safely constructed; ManifestError (field "") otherwise."""
     if len(data) > MAX_BYTES:
@@ -81,6 +106,7 @@ def parse_yaml(data: bytes) -> object:
         raise _fail("", f"is not UTF-8 (at byte offset {e.start})") from None
     loader = _Loader(text)
     try:
+        _check_depth(text)
         node = loader.get_single_node()
         if node is None:
             raise _fail(

@@ -27,9 +27,9 @@ def fail(field: str, message: str, hint: str | None = None) -> ManifestError:
     return ManifestError(None, field, message, hint=hint)
 
 
-def shown(key: str) -> str:
+def shown(key: str, odd: str = ' ."[]') -> str:
     """A JSON key as it may appear in a one-line field path: quoted and escaped if it is odd."""
-    if key and key.isprintable() and not any(c in key for c in ' ."[]'):
+    if key and key.isprintable() and not any(c in key for c in odd):
         return key
     return json.dumps(key)
 
@@ -38,9 +38,12 @@ def join(field: str, key: str) -> str:
     return f"{field}.{shown(key)}" if field else shown(key)
 
 
+_ODD_IN_INDEX = ' "[]'
+
+
 def index(field: str, key: str) -> str:
-    """The field path of a map entry: `field[key]`."""
-    return f"{field}[{shown(key)}]"
+    """The field path of a map entry: `field[key]` (`userAnnotations[team]`, `value[net.core.x]`)."""
+    return f"{field}[{shown(key, _ODD_IN_INDEX)}]"
 
 
 def describe(value: object) -> str:

@@ -77,15 +77,16 @@ def mount_app(pod_path: Path, app: dict[str, Any], target: str) -> None:
         work.mkdir(parents=True, exist_ok=True)
         mount("overlay", target, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work}")
     for m in app.get("mounts", []):
+        source = os.path.join(pod_path, m["source"])  # relative sources are inside the pod directory
         dst = resolve_in_root(target, m["target"])
         try:
-            ensure_mountpoint(dst, is_dir=os.path.isdir(m["source"]))
+            ensure_mountpoint(dst, is_dir=os.path.isdir(source))
         except OSError as e:
             raise PodError(
                 f"app {app['name']}: cannot create mount point {m['target']}: {e.strerror}",
                 hint="a read-only rootfs must already contain its mount points",
             ) from None
-        bind(m["source"], dst, read_only=bool(m.get("read_only")))
+        bind(source, dst, read_only=bool(m.get("read_only")))
 
 
 def listen_fd_names() -> list[str]:

@@ -1,8 +1,8 @@
 """The pod's init inside systemd-nspawn (PID 1 of the pod), and the syscalls stage1 shares.
 
 Pure standard library, no rktd_units imports: stage0 copies this file into the pod directory
-and nspawn runs it as `python3 -I -S /rktd/init.py`. It reads `/rktd/stage1.json` (written by
-stage0), then for each app: binds /proc, /dev and /sys into the app's rootfs
+and nspawn runs it as `python3 -I -S /rktd/init.py`. It reads `/rktd/init.cfg` (stage1.json as
+marshal data, written by stage1), then for each app: binds /proc, /dev and /sys into the app's rootfs
 (`/opt/stage2/<app>/rootfs`, already mounted by stage1), runs pre-start handlers, forks the
 app chrooted into its rootfs with its environment, user, groups, working directory, cgroup,
 capability bounding set and no-new-privileges, and relays its stdout/stderr line by line to
@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import os
 import select
 import signal
-import socket
 import struct
 import sys
 import time
-from typing import Any
+
+# Imported only for the type checker: every millisecond of this file's start-up is on each pod start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+    from typing import Any
 
 # -- syscalls (shared with the host side of stage1) ---------------------------------------------------
 
@@ -175,7 +178,7 @@ def journal_datagram(fields: list[tuple[str, bytes]]) -> bytes:
 
 # -- the init ------------------------------------------------------------------------------------------
 
-CONFIG = "/rktd/stage1.json"
+CONFIG = "/rktd/init.cfg"
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 MAX_LINE = 48 * 1024
 
@@ -216,6 +219,8 @@ class Init:
 
     def open_journal(self) -> None:
         if os.path.exists(JOURNAL_SOCKET):
+            import socket
+
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             try:
                 sock.connect(JOURNAL_SOCKET)
@@ -343,6 +348,8 @@ class Init:
                 return
         for app in self.apps:
             if app.spec.get("notify"):
+                import socket
+
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
                 sock.bind("\0rktd-notify-" + app.name)
                 sock.setblocking(False)
@@ -483,6 +490,8 @@ def sd_notify(message: bytes) -> None:
         return
     if path.startswith("@"):
         path = "\0" + path[1:]
+    import socket
+
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
         try:
             sock.sendto(message, path)
@@ -491,8 +500,16 @@ def sd_notify(message: bytes) -> None:
 
 
 def main() -> int:
-    with open(sys.argv[1] if len(sys.argv) > 1 else CONFIG) as f:
-        cfg = json.load(f)
+    path = sys.argv[1] if len(sys.argv) > 1 else CONFIG
+    with open(path, "rb") as f:
+        if path.endswith(".json"):
+            import json
+
+            cfg = json.load(f)
+        else:
+            import marshal  # stage1 writes init.cfg as marshal data: no json (and re) to import
+
+            cfg = marshal.load(f)
     try:
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the pod dies with stage1 (systemd-nspawn)
     except OSError:

@@ -9,6 +9,7 @@ that this process enters before it `exec`s systemd-nspawn, so the mounts end wit
 from __future__ import annotations
 
 import json
+import marshal
 import os
 from pathlib import Path
 from typing import Any, NoReturn
@@ -101,7 +102,7 @@ def nspawn_argv(root: Path, cfg: dict[str, Any]) -> list[str]:
     extra = sorted({c for app in cfg["apps"] for c in app.get("caps_retain") or ()} - NSPAWN_DEFAULT_CAPS)
     if extra:
         argv.append(f"--capability={','.join(extra)}")
-    argv += ["--", "/usr/bin/python3", "-I", "-S", "/rktd/init.py", "/rktd/stage1.json"]
+    argv += ["--", "/usr/bin/python3", "-I", "-S", "/rktd/init.py", "/rktd/init.cfg"]
     return argv
 
 
@@ -122,6 +123,7 @@ def exec_pod(pod_path: Path, cfg: dict[str, Any]) -> NoReturn:
     assign_listen_fds(cfg)
     cgroup_dirs = setup_cgroups(pod_path, cfg)
     (pod_path / "stage1.json").write_text(json.dumps(cfg, indent=1, sort_keys=True))
+    (pod_path / "init.cfg").write_bytes(marshal.dumps(cfg))
     argv = nspawn_argv(root, cfg)
     unshare_mounts()
     if _fstype("/run") != "tmpfs":

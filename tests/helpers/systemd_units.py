@@ -15,9 +15,11 @@ Exec command line as systemd parsed it (after unquoting, C unescaping and specif
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,18 +106,31 @@ class Verified:
         return out
 
 
+_BASE: list[Path] = []
+
+
+def _base() -> Path:
+    """The host's units and the stub commands, copied once per test session; roots hard-link it."""
+    if not _BASE:
+        assert HOST_UNITS is not None
+        base = Path(tempfile.mkdtemp(prefix="systemd-root-"))
+        atexit.register(shutil.rmtree, base, True)
+        shutil.copytree(HOST_UNITS, base / "usr/lib/systemd/system", symlinks=True)
+        for command in STUB_COMMANDS:
+            stub = base / command.lstrip("/")
+            stub.parent.mkdir(parents=True, exist_ok=True)
+            stub.write_text("#!/bin/sh\nexit 0\n")
+            stub.chmod(0o755)
+        _BASE.append(base)
+    return _BASE[0]
+
+
 class SystemdRoot:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.units = root / "etc/systemd/system"
-        if not (root / "usr/lib/systemd/system").exists():
-            assert HOST_UNITS is not None
-            shutil.copytree(HOST_UNITS, root / "usr/lib/systemd/system", symlinks=True)
-            for command in STUB_COMMANDS:
-                stub = root / command.lstrip("/")
-                stub.parent.mkdir(parents=True, exist_ok=True)
-                stub.write_text("#!/bin/sh\nexit 0\n")
-                stub.chmod(0o755)
+        if not (root / "usr").exists():
+            shutil.copytree(_base() / "usr", root / "usr", symlinks=True, copy_function=os.link)
         self.units.mkdir(parents=True, exist_ok=True)
 
     def install(self, files: Mapping[str, str | bytes]) -> None:

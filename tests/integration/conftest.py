@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.machine import Machine, build_root
-
-ROOT = Path(__file__).resolve().parent.parent.parent
+from tests.integration.machine import Machine, build_deb, build_root
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -50,22 +47,6 @@ def machine(machine_root: Path) -> Iterator[Machine]:
         yield m
     finally:
         m.destroy()
-
-
-def build_deb(out: Path) -> Path:
-    """Build the .deb with packaging/build-deb (dpkg-buildpackage in a copy of the tree)."""
-    out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        [str(ROOT / "packaging/build-deb"), str(out)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, f"packaging/build-deb failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    debs = sorted(out.glob("rktd-units_*_all.deb"))
-    assert len(debs) == 1, f"expected one .deb in {out}: {sorted(p.name for p in out.iterdir())}"
-    return debs[0]
 
 
 @pytest.fixture(scope="session")

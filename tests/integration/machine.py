@@ -64,6 +64,7 @@ MASKED_UNITS = (
 # Bump when the post-debootstrap setup below changes, so cached roots are rebuilt.
 SETUP_VERSION = "1"
 
+SOURCE = Path(__file__).resolve().parent.parent.parent
 BOOT_TIMEOUT = 90.0
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -161,6 +162,24 @@ def build_root(*, force: bool = False) -> Path:
         return root
 
 
+def build_deb(out: Path) -> Path:
+    """Build the .deb with packaging/build-deb (dpkg-buildpackage in a copy of the tree) into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [str(SOURCE / "packaging/build-deb"), str(out)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"packaging/build-deb failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    debs = sorted(out.glob("rktd-units_*_all.deb"))
+    if len(debs) != 1:
+        raise RuntimeError(f"expected one .deb in {out}: {sorted(p.name for p in out.iterdir())}")
+    return debs[0]
+
+
 def _mounts_under(path: Path) -> list[str]:
     prefix = str(path)
     out = []
@@ -225,6 +244,7 @@ class Machine:
             stderr=subprocess.STDOUT,
             env={"PATH": PATH, "SYSTEMD_LOG_LEVEL": "info"},
             start_new_session=True,
+            preexec_fn=_terminate_with_parent,
         )
         console.close()
         self.boots += 1
@@ -379,6 +399,14 @@ class Machine:
         except OSError:
             return ""
         return "--- console\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def _terminate_with_parent() -> None:
+    """In the child: SIGTERM (a clean poweroff of the machine) when the test process dies."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
 
 def _status_field(pid: int, name: str) -> str | None:

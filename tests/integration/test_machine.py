@@ -8,6 +8,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
+from tests.integration import machine as machine_mod
 from tests.integration.machine import Machine, _mounts_under
 
 
@@ -97,3 +100,20 @@ def test_reboot_keeps_root_and_journal(machine_root: Path) -> None:
     assert not m.tmp.exists()
     for pid in (nspawn, leader):
         assert not Path(f"/proc/{pid}").exists()
+
+
+def test_cache_key_follows_package_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cached root is keyed by what goes into it: another package list is another root."""
+    key = machine_mod.root_key()
+    monkeypatch.setattr(machine_mod, "PACKAGES", (*machine_mod.PACKAGES, "hello"))
+    assert machine_mod.root_key() != key
+    monkeypatch.setattr(machine_mod, "PACKAGES", tuple(reversed(machine_mod.PACKAGES[:-1])))
+    assert machine_mod.root_key() == key
+
+
+def test_cached_root_is_pristine(machine: Machine, machine_root: Path) -> None:
+    """Writes in the machine land in its overlay, never in the cache."""
+    machine.write("/etc/pristine-probe", "x\n")
+    assert machine.run(["cat", "/etc/pristine-probe"]).stdout == "x\n"
+    assert not (machine_root / "etc/pristine-probe").exists()
+    assert (machine_root.parent / f"{machine_root.name}.done").exists()

@@ -1,0 +1,152 @@
+"""Benchmark rktd-generator: wall time for 1, 100 and 1000 manifests as ratios to a bare interpreter
+start (`python3 -I -c pass`, measured in the same run), the marginal cost per manifest, and the
+import profile (`-X importtime`) of the generator.
+
+    .venv/bin/python3 bench/bench_generator.py [--python /usr/bin/python3] [--repeat 15]
+
+The generator runs as installed: `python3 -I`, the package importable (here by a sys.path entry
+for the source tree, as dist-packages would be), manifests on disk, output into a tmpfs directory
+(/dev/shm; systemd's generator directories are under /run). Targets (issue #3): 100 manifests
+within 3x the bare start; at most 1 ms per manifest at 1000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LAUNCH = (
+    "import sys; sys.path.insert(0, {root!r}); "
+    "from rktd_units.generator import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def manifest(i: int) -> str:
+    """A realistic pod: two apps, environment, a socket-activated port, a few annotations."""
+    apps = [
+        {
+            "name": "web",
+            "image": {"name": "example.com/web", "labels": [{"name": "version", "value": "1.2.3"}]},
+            "app": {
+                "exec": ["/usr/bin/web", "--port=8080"],
+                "user": "0",
+                "group": "0",
+                "environment": [{"name": "MODE", "value": "production"}],
+                "ports": [{"name": "http", "protocol": "tcp", "port": 8080, "socketActivated": True}],
+            },
+        },
+        {"name": "sidecar", "image": {"name": "example.com/sidecar"}},
+    ]
+    annotations = [
+        {"name": "rktd/wanted-by", "value": "multi-user.target"},
+        {"name": "rktd/restart", "value": "always"},
+        {"name": "rktd/dns", "value": "10.0.0.1 10.0.0.2"},
+    ]
+    doc = {
+        "acKind": "PodManifest",
+        "acVersion": "0.8.11",
+        "apps": apps,
+        "annotations": annotations,
+        "ports": [{"name": "http", "hostPort": 10000 + i}],
+    }
+    return json.dumps(doc, indent=4) + "\n"
+
+
+def timed(argv: list[str], env: dict[str, str], repeat: int, before: object = None) -> tuple[float, float]:
+    """Median wall time and median CPU time (user + system, from wait4) of `repeat` runs, in
+    seconds, after one warm-up run. CPU time is robust when other jobs share the machine."""
+    walls, cpus = [], []
+    for i in range(repeat + 1):
+        if callable(before):
+            before()
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise SystemExit(f"{argv}: exit {proc.returncode}: {err.decode()[-500:]}")
+        if i:
+            walls.append(elapsed)
+            cpus.append(usage.ru_utime + usage.ru_stime)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def import_profile(python: str, env: dict[str, str], out: Path) -> list[tuple[int, int, str]]:
+    argv = [python, "-I", "-X", "importtime", "-c", LAUNCH.format(root=str(ROOT)), str(out)]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+    rows = []
+    for line in proc.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line and "self" not in line:
+            self_us, cumulative, name = (p.strip() for p in line[len("import time:") :].split("|"))
+            rows.append((int(self_us), int(cumulative), name))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--python", default="/usr/bin/python3", help="interpreter (default: %(default)s)")
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--sizes", default="1,100,1000")
+    args = parser.parse_args()
+    shm = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None
+    work = Path(tempfile.mkdtemp(prefix="bench-generator-"))
+    outdir = Path(tempfile.mkdtemp(prefix="bench-generator-out-", dir=shm))
+    try:
+        base_env = {"PATH": "/usr/bin:/bin", "SYSTEMD_LOG_TARGET": "console"}
+        bare, bare_cpu = timed([args.python, "-I", "-c", "pass"], base_env, args.repeat)
+        print(f"interpreter: {args.python}; load average {os.getloadavg()[0]:.1f}")
+        print(f"bare start (python3 -I -c pass): wall {bare * 1000:.1f} ms, cpu {bare_cpu * 1000:.1f} ms")
+        print(
+            f"{'manifests':>9} {'wall ms':>8} {'x bare':>7} {'cpu ms':>8} {'x bare':>7} {'cpu ms/manifest':>16}"
+        )
+        results = {}
+        for n in (int(s) for s in args.sizes.split(",")):
+            pods = work / f"pods{n}"
+            pods.mkdir(mode=0o755)
+            for i in range(n):
+                (pods / f"pod{i}.json").write_text(manifest(i))
+                (pods / f"pod{i}.json").chmod(0o644)
+            env = {**base_env, "RKTD_PODS_PATH": str(pods)}
+            out = outdir / f"out{n}"
+
+            def clean(out: Path = out) -> None:
+                shutil.rmtree(out, ignore_errors=True)  # systemd hands generators empty directories
+                out.mkdir()
+
+            argv = [args.python, "-I", "-c", LAUNCH.format(root=str(ROOT)), str(out)]
+            wall, cpu = timed(argv, env, args.repeat, clean)
+            results[n] = (wall, cpu)
+            print(
+                f"{n:>9} {wall * 1000:>8.1f} {wall / bare:>7.2f} {cpu * 1000:>8.1f} {cpu / bare_cpu:>7.2f}"
+                f" {(cpu - bare_cpu) * 1000 / n:>16.3f}"
+            )
+        if 100 in results and 1000 in results:
+            wall_m = (results[1000][0] - results[100][0]) / 900 * 1000
+            cpu_m = (results[1000][1] - results[100][1]) / 900 * 1000
+            print(f"marginal cost per manifest (100 -> 1000): wall {wall_m:.3f} ms, cpu {cpu_m:.3f} ms")
+        env = {**base_env, "RKTD_PODS_PATH": str(work / "pods1")}
+        rows = import_profile(args.python, env, outdir / "imports")
+        total = sum(r[0] for r in rows)
+        print(
+            f"\nimports (-X importtime, 1 manifest): {total / 1000:.1f} ms in {len(rows)} modules; largest:"
+        )
+        for self_us, cumulative, name in sorted(rows, key=lambda r: -r[1])[:15]:
+            print(f"  {cumulative / 1000:7.2f} ms cumulative {self_us / 1000:6.2f} ms self  {name}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(outdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

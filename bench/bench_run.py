@@ -1,0 +1,271 @@
+"""Pod start latency and memory: `rktd run` (nspawn, fly) vs bare systemd-nspawn vs `podman run`.
+
+    sudo .venv/bin/python3 bench/bench_run.py [--runs N] [--idle K] [--json]
+
+One invocation, one busybox-static rootfs (built here as an ACI and imported into a temporary store;
+bare nspawn gets a copy of that tree plus an empty /usr, which nspawn insists on; podman gets the
+same tree through `podman import`). Latency is from spawning the command to reading the app's first
+output line (`echo hi`), median and min over N runs. Memory is the PSS (proportional set size, so
+shared libraries count once across pods) of every host process of an idle pod (`sleep`): stage1
+and its descendants for rktd, conmon and its descendants for podman (podman itself exits).
+
+Podman on a host without CAP_SYS_RESOURCE cannot raise RLIMIT_NOFILE/NPROC to its defaults, so it
+runs with `--ulimit` values at or below the current hard limits; on a cgroup v1/v2 hybrid host crun
+refuses to run, so podman runs in a private mount namespace with the v2 hierarchy unmounted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RKTD = [sys.executable, "-c", "from rktd_units.cli import main; main()"]
+PODMAN_IMAGE = "localhost/rktd-bench-busybox"
+
+
+def first_line_latency(argv: list[str], env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    elapsed = time.perf_counter() - start
+    _, err = proc.communicate(timeout=60)
+    if b"hi" not in line:
+        raise RuntimeError(f"{' '.join(argv[3:6])}…: unexpected first line {line!r}: {err[-500:]!r}")
+    return elapsed
+
+
+def _podman_prefix() -> list[str]:
+    hybrid = os.path.isdir("/sys/fs/cgroup/unified") and os.path.ismount("/sys/fs/cgroup/unified")
+    if not hybrid:
+        return []
+    return [
+        "unshare",
+        "--mount",
+        "--propagation=private",
+        "sh",
+        "-c",
+        'umount /sys/fs/cgroup/unified && exec "$@"',
+        "-",
+    ]
+
+
+def _podman_run_flags() -> list[str]:
+    nofile = min(1024, int(subprocess.check_output(["sh", "-c", "ulimit -Hn"]).strip() or 1024))
+    return ["--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", "nproc=1000:1000", "--network=host"]
+
+
+class Bench:
+    def __init__(self, work: Path) -> None:
+        from rktd_units.store import Store
+        from tests.helpers.aci import make_busybox_aci
+
+        self.work = work
+        self.data = work / "data"
+        aci = make_busybox_aci(work / "busybox.aci")
+        info = Store(self.data).import_aci(aci)
+        self.rootfs = Store(self.data).rootfs(info.id)
+        self.bare = work / "bare"
+        shutil.copytree(self.rootfs, self.bare, symlinks=True)
+        (self.bare / "usr").mkdir(exist_ok=True)
+        self.podman = shutil.which("podman") is not None
+        self.podman_error: str | None = None
+
+    # -- commands ------------------------------------------------------------------------------------
+    def rktd(self, flavour: str, *cmd: str) -> list[str]:
+        net = ["--net=host"] if flavour == "nspawn" else []
+        return [*RKTD, f"--dir={self.data}", "run", f"--stage1={flavour}", *net,
+                "example.com/busybox", f"--exec={cmd[0]}", "--", *cmd[1:]]  # fmt: skip
+
+    def nspawn(self, *cmd: str) -> list[str]:
+        return ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--console=pipe",
+                "--resolv-conf=off", "--timezone=off", "--link-journal=no", f"--directory={self.bare}",
+                *cmd]  # fmt: skip
+
+    def podman_run(self, *args: str) -> list[str]:
+        return [*_podman_prefix(), "podman", "run", *_podman_run_flags(), *args]
+
+    def setup_podman(self) -> None:
+        if not self.podman:
+            self.podman_error = "podman is not installed"
+            return
+        tar = subprocess.Popen(["tar", "-C", str(self.rootfs), "-c", "."], stdout=subprocess.PIPE)
+        imp = subprocess.run(["podman", "import", "-", PODMAN_IMAGE], stdin=tar.stdout, capture_output=True)
+        tar.wait()
+        if imp.returncode != 0:
+            self.podman_error = imp.stderr.decode(errors="replace").strip()
+            return
+        probe = subprocess.run(self.podman_run("--rm", PODMAN_IMAGE, "/bin/echo", "hi"), capture_output=True)
+        if probe.returncode != 0:
+            self.podman_error = probe.stderr.decode(errors="replace").strip().splitlines()[-1]
+
+    def cleanup_podman(self) -> None:
+        if self.podman and not self.podman_error:
+            subprocess.run(["podman", "rmi", "-f", PODMAN_IMAGE], capture_output=True)
+
+    # -- latency -------------------------------------------------------------------------------------
+    def latency(self, runs: int) -> dict[str, dict[str, float]]:
+        variants: dict[str, list[str]] = {
+            "rktd run (nspawn)": self.rktd("nspawn", "/bin/echo", "hi"),
+            "rktd run (fly)": self.rktd("fly", "/bin/echo", "hi"),
+            "bare systemd-nspawn": self.nspawn("/bin/echo", "hi"),
+        }
+        if not self.podman_error:
+            variants["podman run"] = self.podman_run("--rm", PODMAN_IMAGE, "/bin/echo", "hi")
+        out: dict[str, dict[str, float]] = {}
+        for name, argv in variants.items():
+            first_line_latency(argv)  # warm caches
+            samples = [first_line_latency(argv) for _ in range(runs)]
+            out[name] = {"median_ms": statistics.median(samples) * 1000, "min_ms": min(samples) * 1000}
+        subprocess.run([*RKTD, f"--dir={self.data}", "gc", "--grace-period=0s"], capture_output=True)
+        return out
+
+    # -- memory --------------------------------------------------------------------------------------
+    def memory(self, idle: int) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for flavour in ("nspawn", "fly"):
+            procs = [
+                subprocess.Popen(
+                    self.rktd(flavour, "/bin/sh", "-c", "echo hi; exec sleep 600"),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                for _ in range(idle)
+            ]
+            for p in procs:
+                assert p.stdout is not None
+                p.stdout.readline()
+            out[f"rktd {flavour}"] = statistics.mean(tree_pss(p.pid) for p in procs)
+            for p in procs:
+                p.terminate()
+                p.communicate(timeout=60)
+        if not self.podman_error:
+            ids = []
+            for _ in range(idle):
+                cid = subprocess.run(self.podman_run("-d", PODMAN_IMAGE, "/bin/sleep", "600"),
+                                     capture_output=True, text=True).stdout.strip()  # fmt: skip
+                ids.append(cid)
+            time.sleep(0.5)
+            pids = [
+                int(subprocess.check_output(["podman", "inspect", "--format", "{{.State.ConmonPid}}", c]))
+                for c in ids
+            ]
+            out["podman (conmon + app)"] = statistics.mean(tree_pss(pid) for pid in pids)
+            subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True)
+        subprocess.run([*RKTD, f"--dir={self.data}", "gc", "--grace-period=0s"], capture_output=True)
+        return out
+
+
+def descendants(pid: int) -> list[int]:
+    out = [pid]
+    for p in list(out):
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                out += [int(c) for c in Path(f"/proc/{p}/task/{tid}/children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def tree_pss(pid: int) -> float:
+    """PSS in MiB of a process and all its descendants."""
+    total = 0
+    todo = [pid]
+    seen: set[int] = set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+            for tid in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{tid}/children").read_text().split()]
+        except OSError:
+            continue
+    return total / 1024
+
+
+def import_time() -> dict[str, float]:
+    """Cumulative import time (ms) of the top-level modules `rktd run` loads, from -X importtime."""
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        for label, args in (
+            ("run --help", ["run", "--help"]),
+            (
+                "run (to stage0's resolve)",
+                ["--dir", d, "run", "--net=host", "--pull-policy=never", "x.org/y"],
+            ),
+        ):
+            proc = subprocess.run(
+                [sys.executable, "-X", "importtime", *RKTD[1:], *args], capture_output=True, text=True
+            )
+            total = 0
+            for line in proc.stderr.splitlines():
+                if line.startswith("import time:") and "|" in line:
+                    _, cumulative, name = line.split("|")
+                    if not name[1:].startswith(" ") and cumulative.strip().isdigit():
+                        total += int(cumulative)
+            out[label] = total / 1000
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--idle", type=int, default=3, help="idle pods for the memory measurement")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench_run: needs root")
+    with tempfile.TemporaryDirectory(prefix="rktd-bench-") as d:
+        bench = Bench(Path(d))
+        bench.setup_podman()
+        try:
+            result: dict[str, Any] = {
+                "latency": bench.latency(args.runs),
+                "import_ms": import_time(),
+                "idle_pss_mib": bench.memory(args.idle),
+                "podman_error": bench.podman_error,
+            }
+        finally:
+            bench.cleanup_podman()
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"time to first output line ({args.runs} runs):")
+    for name, v in result["latency"].items():
+        print(f"  {name:24} median {v['median_ms']:7.1f} ms   min {v['min_ms']:7.1f} ms")
+    bare = result["latency"]["bare systemd-nspawn"]["median_ms"]
+    ours = result["latency"]["rktd run (nspawn)"]["median_ms"]
+    print(f"  rktd nspawn / bare nspawn = {ours / bare:.2f}x")
+    if "podman run" in result["latency"]:
+        print(f"  rktd nspawn / podman      = {ours / result['latency']['podman run']['median_ms']:.2f}x")
+    print("python -X importtime, sum of top-level cumulative:")
+    for name, ms in result["import_ms"].items():
+        print(f"  {name:28} {ms:7.1f} ms")
+    print(f"host memory per idle pod (PSS, mean of {args.idle}):")
+    for name, mib in result["idle_pss_mib"].items():
+        print(f"  {name:24} {mib:7.2f} MiB")
+    if result["podman_error"]:
+        print(f"podman not measured: {result['podman_error']}")
+
+
+if __name__ == "__main__":
+    main()
