@@ -124,11 +124,16 @@ class Bench:
         }
         if not self.podman_error:
             variants["podman run"] = self.podman_run("--rm", PODMAN_IMAGE, "/bin/echo", "hi")
-        out: dict[str, dict[str, float]] = {}
-        for name, argv in variants.items():
+        samples: dict[str, list[float]] = {name: [] for name in variants}
+        for argv in variants.values():
             first_line_latency(argv)  # warm caches
-            samples = [first_line_latency(argv) for _ in range(runs)]
-            out[name] = {"median_ms": statistics.median(samples) * 1000, "min_ms": min(samples) * 1000}
+        for _ in range(runs):  # round robin, so that load from elsewhere hits every variant alike
+            for name, argv in variants.items():
+                samples[name].append(first_line_latency(argv))
+        out = {
+            name: {"median_ms": statistics.median(s) * 1000, "min_ms": min(s) * 1000}
+            for name, s in samples.items()
+        }
         subprocess.run([*RKTD, f"--dir={self.data}", "gc", "--grace-period=0s"], capture_output=True)
         return out
 
@@ -141,7 +146,7 @@ class Bench:
                     self.rktd(flavour, "/bin/sh", "-c", "echo hi; exec sleep 600"),
                     stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL,
-                )  # fmt: skip
+                )
                 for _ in range(idle)
             ]
             for p in procs:
@@ -234,6 +239,7 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_run: needs root")
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="rktd-bench-") as d:
         bench = Bench(Path(d))
         bench.setup_podman()
@@ -243,13 +249,14 @@ def main() -> None:
                 "import_ms": import_time(),
                 "idle_pss_mib": bench.memory(args.idle),
                 "podman_error": bench.podman_error,
+                "loadavg_before": load,
             }
         finally:
             bench.cleanup_podman()
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"time to first output line ({args.runs} runs):")
+    print(f"time to first output line ({args.runs} runs, load average before: {load:.2f}):")
     for name, v in result["latency"].items():
         print(f"  {name:24} median {v['median_ms']:7.1f} ms   min {v['min_ms']:7.1f} ms")
     bare = result["latency"]["bare systemd-nspawn"]["median_ms"]

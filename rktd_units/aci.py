@@ -20,8 +20,10 @@ import enum
 import hashlib
 import lzma
 import os
+import queue
 import stat
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -152,6 +154,38 @@ class _Done:
     unused_data = b""
 
 
+class _Hasher:
+    """sha512 in a thread of its own (hashlib releases the GIL), beside decompression and writing."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha512()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while (piece := self._queue.get()) is not None:
+            self._hash.update(piece)
+
+    def update(self, piece: bytes) -> None:
+        if len(piece) < 1 << 16 and self._thread is None:
+            self._hash.update(piece)
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="sha512", daemon=True)
+            self._thread.start()
+        self._queue.put(piece)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self._hash.hexdigest()
+
+
 class _Stream:
     """The uncompressed tar as a stream of bytes: hashed, counted and limited as it is produced.
 
@@ -174,7 +208,7 @@ class _Stream:
         self.progress = progress
         self.raw_size = 0
         self.size = 0
-        self.hash = hashlib.sha512()
+        self.hash = _Hasher()
         head = self._raw(CHUNK)
         while 0 < len(head) < 6:
             more = self._raw(CHUNK)
@@ -261,12 +295,18 @@ class _Stream:
     def image_id(self) -> str:
         return ID_PREFIX + self.hash.hexdigest()
 
+    def close(self) -> None:
+        self.hash.close()
+
 
 def image_id(src: IO[bytes], policy: Policy = Policy()) -> str:
     """The image ID of an ACI stream, without extracting it."""
     stream = _Stream(src, policy)
-    stream.drain()
-    return stream.image_id
+    try:
+        stream.drain()
+        return stream.image_id
+    finally:
+        stream.close()
 
 
 # --- tar headers --------------------------------------------------------------------------------------
@@ -332,10 +372,13 @@ def _pax(data: bytes) -> dict[str, str]:
 
 
 def _header(block: bytes, ext: dict[str, str]) -> Member:
-    stored = _num(block[148:156], "checksum")
+    try:
+        stored = _num(block[148:156], "checksum")
+    except ImageError:
+        raise ImageError("not a tar archive (bad header checksum field)") from None
     plain = sum(block[:148]) + 256 + sum(block[156:])
     if stored != plain and stored != plain - 256 * sum(1 for b in block[:148] + block[156:] if b > 127):
-        raise ImageError("bad tar header checksum (not a tar archive, or a damaged one)")
+        raise ImageError("not a tar archive, or a damaged one (bad header checksum)")
     name = _text(block[0:100])
     if block[257:263] == b"ustar\0" and block[345] != 0:
         name = _text(block[345:500]) + "/" + name
@@ -607,11 +650,14 @@ def read_aci(
     left half-written for the caller to remove.
     """
     stream = _Stream(src, policy, meta_sink=skeleton.write if skeleton else None, progress=progress)
-    extractor = _Extractor(dest, policy, stream)
-    for member in members(stream):
-        extractor.add(member)
-    manifest = extractor.finish()
-    return AciResult(stream.image_id, manifest, stream.size, stream.raw_size, stream.compression)
+    try:
+        extractor = _Extractor(dest, policy, stream)
+        for member in members(stream):
+            extractor.add(member)
+        manifest = extractor.finish()
+        return AciResult(stream.image_id, manifest, stream.size, stream.raw_size, stream.compression)
+    finally:
+        stream.close()
 
 
 def write_tar(skeleton: IO[bytes], tree: Path, out: IO[bytes], image_id: str) -> None:
@@ -624,21 +670,30 @@ def write_tar(skeleton: IO[bytes], tree: Path, out: IO[bytes], image_id: str) ->
 
     policy = Policy(trusted=True, allow_devices=True, max_size=1 << 62)
     stream = _Stream(skeleton, policy, meta_sink=emit, detect=False)
+    try:
+        _reassemble(stream, tree, emit)
+    finally:
+        stream.close()
+    if ID_PREFIX + digest.hexdigest() != image_id:
+        raise ImageError(f"{tree}: the stored image no longer matches its ID {image_id[:39]}")
+
+
+def _reassemble(stream: _Stream, tree: Path, emit: Callable[[bytes], object]) -> None:
     for m in members(stream):
         if m.kind != "file":
             continue
-        with open(os.path.join(tree, *_split(m.name)), "rb", buffering=0) as f:
+        damaged = f"{tree}: the stored image no longer matches its ID"
+        fd = os.open(os.path.join(tree, *_split(m.name)), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with open(fd, "rb", buffering=0) as f:
+            if os.fstat(f.fileno()).st_size != m.size:
+                raise ImageError(f"{damaged} ({m.name} changed size)")
             left = m.size
             while left > 0:
                 data = f.read(min(left, CHUNK))
                 if not data:
-                    break
+                    raise ImageError(f"{damaged} ({m.name} changed size)")
                 emit(data)
                 left -= len(data)
-        if left:
-            raise ImageError(f"{tree}: {m.name} is shorter than in the image")
-    if ID_PREFIX + digest.hexdigest() != image_id:
-        raise ImageError(f"{tree}: the stored image no longer matches its ID {image_id[:39]}")
 
 
 # --- progress -----------------------------------------------------------------------------------------

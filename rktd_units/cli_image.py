@@ -146,7 +146,9 @@ def _extract_command(name: str, doc: str) -> click.Command:
     @click.option("--overwrite", is_flag=True, help="Replace DEST if it exists.")
     @click.pass_context
     def command(ctx: click.Context, image_id: str, dest: Path, rootfs_only: bool, overwrite: bool) -> None:
-        _store(ctx).extract(image_id, dest, rootfs_only=rootfs_only, overwrite=overwrite)
+        store = _store(ctx)
+        do = store.render if name == "render" else store.extract
+        do(image_id, dest, rootfs_only=rootfs_only, overwrite=overwrite)
 
     command.__doc__ = doc
     return image.command(name)(command)
@@ -156,7 +158,7 @@ extract = _extract_command(
     "extract", "Extract the image's manifest and rootfs/ into DEST (a new directory)."
 )
 render = _extract_command(
-    "render", "Render the image's tree into DEST (images without dependencies: as extract)."
+    "render", "Render the image with its dependencies below it and its pathWhitelist applied into DEST."
 )
 
 

@@ -410,15 +410,30 @@ def stop_pod(pod_dir: Any, *, force: bool, timeout: float | None) -> None:
     release_resources(pod_dir)
 
 
+def _refs(ctx: click.Context, pods: tuple[str, ...], uuid_file: str | None) -> list[str]:
+    refs = list(pods)
+    if uuid_file:
+        refs.append(_pods(ctx).read_uuid_file(uuid_file))
+    if not refs:
+        raise UsageError("name a pod (UUID, UUID prefix or name) or give --uuid-file")
+    return refs
+
+
+UUID_FILE = click.option("--uuid-file", help="read the pod's UUID from this file (see run --uuid-file-save)")
+
+
 @click.command()
 @click.option("--force", is_flag=True, help="SIGKILL at once")
 @click.option("--timeout", type=float, help="seconds before SIGKILL (default: the pod's stop timeout)")
-@click.argument("pods", nargs=-1, required=True)
+@UUID_FILE
+@click.argument("pods", nargs=-1)
 @click.pass_context
-def stop(ctx: click.Context, force: bool, timeout: float | None, pods: tuple[str, ...]) -> None:
+def stop(
+    ctx: click.Context, force: bool, timeout: float | None, uuid_file: str | None, pods: tuple[str, ...]
+) -> None:
     """Stop running pods and wait until they are gone."""
     failed = 0
-    for ref in pods:
+    for ref in _refs(ctx, pods, uuid_file):
         try:
             pod_dir = _pods(ctx).find(ref)
             stop_pod(pod_dir, force=force, timeout=timeout)
@@ -486,14 +501,15 @@ def gc(ctx: click.Context, grace_period: str) -> None:
 
 
 @click.command()
-@click.argument("pods", nargs=-1, required=True)
+@UUID_FILE
+@click.argument("pods", nargs=-1)
 @click.pass_context
-def rm(ctx: click.Context, pods: tuple[str, ...]) -> None:
-    """Remove pods that are not running."""
+def rm(ctx: click.Context, uuid_file: str | None, pods: tuple[str, ...]) -> None:
+    """Remove pods that are not running (with their network, cgroups and files)."""
     from rktd_units.pods import remove
 
     failed = 0
-    for ref in pods:
+    for ref in _refs(ctx, pods, uuid_file):
         try:
             pod_dir = _pods(ctx).find(ref)
             if pod_dir.is_locked():

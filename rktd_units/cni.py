@@ -1,17 +1,22 @@
 """CNI: network configurations (built-in and `<local-config>/net.d`), plugin invocation, results.
 
-This module knows the CNI specification and nothing about pods: `network.py` decides which
-networks a pod joins and records what must be undone. Plugins are run as the spec says: the
-`CNI_*` variables in a clean environment, the plugin's configuration on stdin, a result or an
-error object on stdout.
+This module knows the CNI specification and the reference plugins, and nothing about pods:
+`network.py` decides which networks a pod joins and records what must be undone. Plugins are
+run as the spec says: the `CNI_*` variables in a clean environment, the plugin's configuration
+on stdin, a result or an error object on stdout. The last section cleans up what the reference
+plugins (ptp, portmap, host-local) leave when DEL cannot find what a killed ADD half-made.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import ipaddress
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,3 +299,115 @@ def ipam_capacity(ipam: Mapping[str, Any]) -> int:
         raise NetworkError(f"capacity of IPAM type {ipam.get('type')!r} is not known")
     sets: Sequence[Sequence[Mapping[str, Any]]] = ipam.get("ranges") or [[ipam]]
     return min(sum(_range_capacity(r) for r in rs) for rs in sets)
+
+
+# --- what the reference plugins leave behind ------------------------------------------------------
+# ptp/bridge (ipMasq), portmap and host-local undo their work on DEL only as far as they find it.
+# These helpers find the rest: chains named after the network and container, rules that carry
+# the container's comment, empty leases; and portmap's per-host chains once nobody uses them.
+
+# portmap creates these once per host and never removes them. When no forwarding is left (the
+# DNAT chain is empty and nothing jumps to SETMARK), they are removed in one iptables-restore
+# transaction: the kernel refuses to delete a chain that is non-empty or still referenced, and
+# then the whole transaction is dropped, so a concurrent user of the chains is never broken.
+PORTMAP_CHAINS = ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK")
+_PORTMAP_FLUSHED = ("CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK")  # their rules are portmap's fixed ones
+
+
+def nat_rules() -> list[str]:
+    """`iptables-save -t nat`, as lines."""
+    return run(["iptables-save", "-t", "nat"], check=False).stdout.decode(errors="replace").splitlines()
+
+
+def _restore(lines: Sequence[str]) -> tuple[bool, str]:
+    script = "\n".join(["*nat", *lines, "COMMIT", ""]).encode()
+    proc = run(["iptables-restore", "--noflush", "--wait"], input=script, check=False)
+    return proc.returncode == 0, proc.stderr.decode(errors="replace").strip()
+
+
+def forwarded_host_ports(saved: Sequence[str]) -> set[tuple[str, int]]:
+    """(protocol, host port) pairs that portmap forwards now, to any pod."""
+    out = set()
+    for line in saved:
+        m = re.search(r" -p (\w+) .*--dports ([0-9,]+)", line)
+        if line.startswith("-A CNI-HOSTPORT-DNAT ") and m:
+            out |= {(m.group(1), int(p)) for p in m.group(2).split(",")}
+    return out
+
+
+def prune_portmap_chains() -> bool:
+    """Remove portmap's per-host chains if no pod uses them any more; True if they are gone."""
+    saved = nat_rules()
+    existing = [c for c in PORTMAP_CHAINS if any(line.startswith(f":{c} ") for line in saved)]
+    if not existing:
+        return True
+    # The jumps into them from the built-in chains (an ADD killed half-way may have made only some).
+    jumps = [
+        line
+        for line in saved
+        if line.startswith(("-A PREROUTING ", "-A OUTPUT ", "-A POSTROUTING "))
+        and line.split(" -j ")[-1].split()[0] in existing
+    ]
+    lines = [f"-D {j[3:]}" for j in jumps] + [f"-F {c}" for c in existing if c in _PORTMAP_FLUSHED]
+    done, _ = _restore(lines + [f"-X {c}" for c in existing])
+    log.debug("pruning portmap chains: %s", "done" if done else "still in use")
+    return done
+
+
+def chain_names(network_name: str, container_id: str) -> tuple[str, str]:
+    """The nat chains the plugins name after a network and container: ipMasq's and portmap's DNAT."""
+    digest = hashlib.sha512(f"{network_name}{container_id}".encode()).hexdigest()
+    return f"CNI-{digest[:24]}", f"CNI-DN-{digest[:21]}"
+
+
+def sweep_nat(container_id: str, network_names: Sequence[str]) -> None:
+    """Remove what the plugins left of one container in the nat table: its chains and marked rules.
+
+    ptp removes its masquerade only if DEL still finds the pod's interface (not when the namespace
+    was deleted by hand), and an ADD killed half-way leaves a chain that no DEL looks for.
+    Everything goes in one iptables-restore transaction.
+    """
+    saved = nat_rules()
+    existing = {line[1:].split()[0] for line in saved if line.startswith(":")}
+    ours = {c for n in network_names for c in chain_names(n, container_id)} & existing
+    marker = f'id: \\"{container_id}\\"'
+    rules = []
+    for line in saved:
+        if not line.startswith("-A ") or line.split()[1] in ours:
+            continue  # chains of ours are flushed whole
+        if marker in line or any(f"{j} {c}" in line for c in ours for j in ("-j", "-g")):
+            rules.append(line)
+    if not rules and not ours:
+        return
+    lines = (
+        [f"-D {r[3:]}" for r in rules]
+        + [f"-F {c}" for c in sorted(ours)]
+        + [f"-X {c}" for c in sorted(ours)]
+    )
+    done, err = _restore(lines)
+    if not done:
+        raise NetworkError(f"cannot remove the nat rules of container {container_id}: {err}")
+    log.info(
+        "container %s: removed %d chains and %d rules its plugins left", container_id, len(ours), len(rules)
+    )
+
+
+def sweep_leases(store: Path, container_id: str) -> None:
+    """Remove host-local leases in `store` (`<dataDir>/<network>`) that no DEL can find.
+
+    host-local creates a lease file and then writes its owner into it; killed in between, it
+    leaves an empty file that no DEL matches, and the address is lost for good. Under
+    host-local's own lock (`<store>/lock`, flock) an empty lease is certainly such a leftover;
+    a lease still naming this container goes too.
+    """
+    if not store.is_dir():
+        return
+    with open(store / "lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for lease in store.iterdir():
+            with contextlib.suppress(ValueError, OSError):
+                ipaddress.ip_address(lease.name)
+                owner = lease.read_text().split()[:1]
+                if not owner or owner[0] == container_id:
+                    lease.unlink()
+                    log.info("container %s: removed the stray lease %s", container_id, lease)

@@ -29,6 +29,7 @@ PROG = "rktd-generator"
 LOG_DAEMON = 3 << 3
 LEVELS = {"emerg": 0, "alert": 1, "crit": 2, "err": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7}
 ERR, INFO, DEBUG = 3, 6, 7
+_MESSAGE_MAX = 2000  # characters of one message (a value quoted in an error may be huge)
 _KMSG_MAX = 900  # bytes of message per kmsg record (the kernel allows a little over 1000)
 EXIT_USAGE = 2
 
@@ -53,6 +54,7 @@ class Log:
     def __call__(self, level: int, message: str) -> None:
         if level > self.level:
             return
+        message = message if len(message) <= _MESSAGE_MAX else message[:_MESSAGE_MAX] + "..."
         text = self.prefix + "".join(c if " " <= c != "\x7f" else f"\\x{ord(c):02x}" for c in message)
         data = text.encode(errors="backslashreplace")
         if self.kmsg is not None:
@@ -124,16 +126,27 @@ class PrintSink:
         sys.stdout.write("".join(out))
 
 
-Sink = Callable[[str, "str | None", "str | None"], None]
+Sink = Callable[[str, str | None, str | None], None]
 
 
 # -- The run --------------------------------------------------------------------------------------
 
 
+def _describe(error: Exception, path: str) -> str:
+    from rktd_units.errors import ManifestError
+
+    if isinstance(error, ManifestError):
+        return str(error if error.path else error.with_path(path))
+    if isinstance(error, RktdError):
+        return f"{path}: {error}"
+    return f"{path}: internal error: {type(error).__name__}: {error}"
+
+
 def generate(sink: Sink, log: Log) -> int:
     """Both passes over the manifest path; the number of manifests (or files) that failed."""
+    from dataclasses import replace
+
     from rktd_units import podpath, units
-    from rktd_units.errors import ManifestError
 
     candidates, errors = podpath.scan()
     failed = len(errors)
@@ -142,17 +155,12 @@ def generate(sink: Sink, log: Log) -> int:
     names = podpath.all_names(candidates)
     for candidate in candidates:
         try:
-            outputs = units.convert(podpath.load_candidate(candidate), names)
-        except ManifestError as e:
-            log(ERR, str(e if e.path else e.with_path(str(candidate.path))))
-            failed += 1
-            continue
-        except RktdError as e:
-            log(ERR, f"{candidate.path}: {e}")
-            failed += 1
-            continue
-        except Exception as e:  # a bug must not cost the other pods their units
-            log(ERR, f"{candidate.path}: internal error: {type(e).__name__}: {e}")
+            podfile = podpath.load_candidate(candidate)
+            if not os.path.isabs(podfile.path):  # a relative $RKTD_PODS_PATH entry
+                podfile = replace(podfile, path=os.path.abspath(podfile.path))
+            outputs = units.convert(podfile, names)
+        except Exception as e:  # one bad manifest (or a bug) never costs the others their units
+            log(ERR, _describe(e, str(candidate.path)))
             failed += 1
             continue
         for out in outputs:  # the whole pod converted: only now is anything written

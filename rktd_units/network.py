@@ -4,7 +4,8 @@ stage0 calls `setup()` before it execs stage1 (which joins `NetResult.netns_path
 `systemd-nspawn --network-namespace-path=`), and `teardown()` on stop and in gc. Everything
 `setup()` does is recorded in `<pod_dir>/net/state.json` *before* it is done, so `teardown()`
 works from the pod directory alone after any crash: every ADD gets its DEL (CNI DEL is
-idempotent), then the namespace goes. A failing `setup()` undoes itself the same way.
+idempotent), then whatever a killed plugin half-made is swept (`cni.sweep_nat`,
+`cni.sweep_leases`), then the namespace goes. A failing `setup()` undoes itself the same way.
 
 Networks, as rkt: `default` (ptp, 172.16.28.0/24, masquerade, default route), `default-restricted`
 (ptp, 172.16.29.0/24, no route out), `host` (no namespace), `none` (a namespace with only `lo`),
@@ -17,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import fcntl
-import hashlib
 import ipaddress
 import json
 import logging
@@ -179,8 +179,10 @@ def parse_port_flag(text: str) -> tuple[str, str | None, int]:
 def _select(nets: str, local_config: Path) -> list[tuple[NetConf, str]]:
     wanted = parse_nets(nets)
     known = cni.load_networks(local_config)
-    if wanted[0][0] == "all":
-        return [(c, "") for c in known.values() if c.name != "default-restricted"]
+    if wanted[0][0] == "all":  # rkt: every configured network in file order, then the built-in default
+        files = [c for c in known.values() if c.source != "built-in"]
+        builtin = [known["default"]] if known["default"].source == "built-in" else []
+        return [(c, "") for c in files + builtin]
     out = []
     for name, args in wanted:
         conf = known.get(name)
@@ -354,14 +356,7 @@ def _del_network(entry: dict[str, Any], netns: str, cni_path: str) -> list[str]:
     return errors
 
 
-# --- portmap's shared chains -----------------------------------------------------------------------
-
-# portmap creates these once per host and never removes them. When no forwarding is left (the
-# DNAT chain is empty and nothing jumps to SETMARK), they are removed in one iptables-restore
-# transaction: the kernel refuses to delete a chain that is non-empty or still referenced, and
-# then the whole transaction is dropped, so a concurrent user of the chains is never broken.
-_PORTMAP_CHAINS = ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK")
-_PORTMAP_FLUSHED = ("CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK")  # their rules are portmap's fixed ones
+# --- host ports and the lock around portmap ---------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -372,21 +367,19 @@ def _portmap_lock(data_dir: Path) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _no_lock() -> Iterator[None]:
+    yield
+
+
 def _check_host_ports(entry: dict[str, Any]) -> None:
     """Refuse a host port that another pod forwards already or that a host process listens on:
     portmap would add a DNAT rule that never matches (or hides the host's service)."""
     mappings = [m for p in entry["plugins"] for m in (p.get("runtimeConfig") or {}).get("portMappings", ())]
-    saved = run(["iptables-save", "-t", "nat"], check=False).stdout.decode(errors="replace").splitlines()
+    forwarded = cni.forwarded_host_ports(cni.nat_rules())
     for m in mappings:
         proto, port = m["protocol"], m["hostPort"]
-        taken = any(
-            line.startswith("-A CNI-HOSTPORT-DNAT ")
-            and f"-p {proto} " in line
-            and str(port) in re.findall(r"--dports ([0-9,]+)", line)[0].split(",")
-            for line in saved
-            if "--dports " in line
-        )
-        if taken:
+        if (proto, port) in forwarded:
             raise NetworkError(f"host port {port}/{proto} is already forwarded to another pod")
         family = socket.AF_INET6 if ":" in (m.get("hostIP") or "") else socket.AF_INET
         kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
@@ -398,93 +391,14 @@ def _check_host_ports(entry: dict[str, Any]) -> None:
                 raise NetworkError(f"host port {port}/{proto} is in use on the host: {e.strerror}") from None
 
 
-@contextlib.contextmanager
-def _no_lock() -> Iterator[None]:
-    yield
-
-
-def _prune_portmap_chains() -> None:
-    saved = run(["iptables-save", "-t", "nat"], check=False).stdout.decode(errors="replace").splitlines()
-    existing = [c for c in _PORTMAP_CHAINS if any(line.startswith(f":{c} ") for line in saved)]
-    if not existing:
-        return
-    # The jumps into the chains from the built-in ones (an ADD killed half-way may have made only some).
-    jumps = [
-        line
-        for line in saved
-        if line.startswith(("-A PREROUTING ", "-A OUTPUT ", "-A POSTROUTING "))
-        and line.split(" -j ")[-1].split()[0] in existing
-    ]
-    script = ["*nat", *(f"-D {j[3:]}" for j in jumps)]
-    script += [f"-F {c}" for c in existing if c in _PORTMAP_FLUSHED] + [f"-X {c}" for c in existing]
-    proc = run(
-        ["iptables-restore", "--noflush", "--wait"],
-        input="\n".join([*script, "COMMIT", ""]).encode(),
-        check=False,
-    )
-    log.debug("pruning portmap chains: %s", "done" if proc.returncode == 0 else "still in use")
-
-
-def _cni_chains(network_name: str, container_id: str) -> tuple[str, str]:
-    """The nat chains the plugins name after a network and container: ipMasq's and portmap's DNAT."""
-    digest = hashlib.sha512(f"{network_name}{container_id}".encode()).hexdigest()
-    return f"CNI-{digest[:24]}", f"CNI-DN-{digest[:21]}"
-
-
-def _sweep_nat(container_id: str, network_names: Sequence[str]) -> None:
-    """Remove what the plugins left of this pod in the nat table: their chains and marked rules.
-
-    Plugins undo their rules only when DEL finds what ADD made: ptp removes its masquerade only
-    if the pod's interface still exists (not when the namespace was deleted by hand), and an ADD
-    killed half-way leaves a chain that no DEL looks for. Everything is removed in one
-    iptables-restore transaction.
-    """
-    saved = run(["iptables-save", "-t", "nat"], check=False).stdout.decode(errors="replace").splitlines()
-    existing = {line[1:].split()[0] for line in saved if line.startswith(":")}
-    ours = {c for n in network_names for c in _cni_chains(n, container_id)} & existing
-    marker = f'id: \\"{container_id}\\"'
-    rules = []
-    for line in saved:
-        words = line.split()
-        if not line.startswith("-A ") or words[1] in ours:
-            continue  # chains of ours are flushed whole
-        if marker in line or any(f"{j} {c}" in line for c in ours for j in ("-j", "-g")):
-            rules.append(line)
-    if not rules and not ours:
-        return
-    script = ["*nat", *(f"-D {r[3:]}" for r in rules), *(f"-F {c}" for c in sorted(ours))]
-    script += [*(f"-X {c}" for c in sorted(ours)), "COMMIT", ""]
-    proc = run(["iptables-restore", "--noflush", "--wait"], input="\n".join(script).encode(), check=False)
-    if proc.returncode != 0:
-        raise NetworkError(
-            f"cannot remove the nat rules of pod {container_id}: {proc.stderr.decode().strip()}"
-        )
-    log.info("pod %s: removed %d chains and %d rules its plugins left", container_id, len(ours), len(rules))
-
-
-def _sweep_leases(entry: dict[str, Any], container_id: str) -> None:
-    """Remove host-local leases of this pod that its DEL cannot find.
-
-    host-local creates a lease file and then writes the owner into it; killed in between, it
-    leaves an empty file that no DEL matches, and the address is lost for good. Under
-    host-local's own lock (`<dir>/lock`, flock) an empty lease is certainly such a leftover.
-    """
+def _lease_dirs(entry: dict[str, Any]) -> list[Path]:
+    """host-local's lease directories of the started plugins of one network."""
+    out = []
     for plugin in entry["plugins"][: entry.get("started", len(entry["plugins"]))]:
         ipam = plugin.get("ipam")
-        if not isinstance(ipam, dict) or ipam.get("type") != "host-local" or not ipam.get("dataDir"):
-            continue
-        store = Path(ipam["dataDir"]) / entry["name"]
-        if not store.is_dir():
-            continue
-        with open(store / "lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            for lease in store.iterdir():
-                with contextlib.suppress(ValueError, OSError):
-                    ipaddress.ip_address(lease.name.split("_")[0])
-                    owner = lease.read_text().split()[:1]
-                    if not owner or owner[0] == container_id:
-                        lease.unlink()
-                        log.info("pod %s: removed the stray lease %s", container_id, lease)
+        if isinstance(ipam, dict) and ipam.get("type") == "host-local" and ipam.get("dataDir"):
+            out.append(Path(ipam["dataDir"]) / entry["name"])
+    return out
 
 
 # --- resolv.conf and hosts -------------------------------------------------------------------------
@@ -777,13 +691,14 @@ def teardown(pod_uuid: str, pod_dir: Path, *, local_config: Path) -> None:
             errors += _del_network(entry, state.get("netns") or "", state["cni_path"])
         if state["networks"] and not errors:
             try:
-                _sweep_nat(pod_uuid, [e["name"] for e in state["networks"]])
+                cni.sweep_nat(pod_uuid, [e["name"] for e in state["networks"]])
             except NetworkError as e:
                 errors.append(str(e))
             for entry in state["networks"]:
-                _sweep_leases(entry, pod_uuid)
+                for store in _lease_dirs(entry):
+                    cni.sweep_leases(store, pod_uuid)
         if any(e.get("portmap") for e in state["networks"]):
-            _prune_portmap_chains()
+            cni.prune_portmap_chains()
     if errors:
         raise NetworkError(
             f"pod {pod_uuid}: network teardown incomplete: {errors[0]}", hint="rktd gc retries it"
@@ -796,6 +711,33 @@ def teardown(pod_uuid: str, pod_dir: Path, *, local_config: Path) -> None:
                 path.unlink()
     with contextlib.suppress(OSError):
         (pod_dir / "net").rmdir()  # only if nothing else was put there
+
+
+def check(pod_dir: Path) -> None:
+    """CNI CHECK every network of a running pod (CNI 0.4.0+); raise NetworkError on the first problem."""
+    state = _read_state(pod_dir)
+    if state is None:
+        raise NetworkError(f"{pod_dir}: the pod has no network state")
+    for entry in state["networks"]:
+        if not entry.get("result"):
+            raise NetworkError(f"network {entry['name']!r} was never set up completely")
+        for conf in entry["plugins"]:
+            if not cni.version_at_least(str(conf["cniVersion"]), (0, 4, 0)):
+                continue
+            v6 = any(
+                ":" in ip for ip in cni.interfaces_of(entry["result"], entry["name"], entry["ifname"]).ips
+            )
+            if conf["type"] == "portmap" and not v6:
+                continue  # portmap 1.1 CHECKs its IPv6 chain even for an IPv4-only pod, and fails
+            cni.invoke(
+                dict(conf) | {"prevResult": entry["result"]},
+                "CHECK",
+                container_id=entry["container_id"],
+                netns=state["netns"],
+                ifname=entry["ifname"],
+                args=entry["args"],
+                cni_path=state["cni_path"],
+            )
 
 
 def status(pod_dir: Path) -> NetResult | None:

@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -36,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from rktd_units.errors import ImageError, StoreError
-from rktd_units.model import ImageManifest, NameValue
+from rktd_units.errors import ImageError, RktdError, StoreError
+from rktd_units.model import Dependency, ImageManifest, NameValue
 
 if TYPE_CHECKING:
     from rktd_units.aci import AciResult, Policy
@@ -281,16 +282,17 @@ class Store:
     # --- reading ------------------------------------------------------------------------------------
 
     def _load(self, image_id: str) -> ImageInfo:
-        from rktd_units.aci import parse_manifest
+        # Not through rktd_units.aci: stage0 resolves images on every pod start, keep its imports lean.
+        from rktd_units.formats.appc import load_image_manifest
 
         d = self.images_dir / image_id
         try:
             meta = json.loads((d / INFO).read_text())
-            manifest = parse_manifest((d / "manifest").read_bytes(), str(d / "manifest"))
+            manifest = load_image_manifest((d / "manifest").read_bytes(), str(d / "manifest"))
             last_used: float | None = (d / LAST_USED).stat().st_mtime
         except FileNotFoundError:
             raise ImageError(f"no image {image_id} in the store") from None
-        except (OSError, ValueError, ImageError) as e:
+        except (OSError, ValueError, RktdError) as e:
             raise StoreError(f"image {image_id} in {self.images_dir} is damaged: {e}") from None
         return ImageInfo(
             id=image_id,
@@ -361,14 +363,48 @@ class Store:
         """The image's extracted rootfs: shared by every pod of the image, never to be written."""
         return self.image_dir(image_id) / "rootfs"
 
+    def layers(self, image_id: str) -> builtins.list[ImageInfo]:
+        """The image and its appc dependencies, bottom first (a dependency's own dependencies before it):
+        the rootfs dirs to stack (overlayfs `lowerdir`, top first there) or to render in this order.
+        ImageError if a dependency is not in the store or the dependencies form a cycle.
+        """
+        out: builtins.list[ImageInfo] = []
+        self._add_layers(self.get(image_id), out, ())
+        return out
+
+    def _add_layers(self, info: ImageInfo, out: builtins.list[ImageInfo], path: tuple[str, ...]) -> None:
+        if info.id in path:
+            raise ImageError(f"image {info.name} depends on itself (through {len(path)} images)")
+        for dep in info.manifest.dependencies:
+            self._add_layers(self._dependency(info, dep), out, (*path, info.id))
+        if all(o.id != info.id for o in out):
+            out.append(info)
+
+    def _dependency(self, info: ImageInfo, dep: Dependency) -> ImageInfo:
+        labels = {lab.name: lab.value for lab in dep.labels}
+        if dep.image_id:
+            found: ImageInfo | None = self.get(dep.image_id)
+            if found is not None and found.name != dep.image_name:
+                raise ImageError(
+                    f"dependency {dep.image_id[:39]} of {info.name} is {found.name}, not {dep.image_name}"
+                )
+        else:
+            found = self.find(dep.image_name, labels)
+        if found is None:
+            wanted = ",".join([dep.image_name, *(f"{k}={v}" for k, v in sorted(labels.items()))])
+            raise ImageError(
+                f"dependency {wanted} of {info.name} is not in the store", hint=f"rktd fetch {wanted}"
+            )
+        return found
+
     # --- use, removal, gc ---------------------------------------------------------------------------
 
     def hold(self, image_id: str) -> int:
-        """Mark the image in use: returns a file descriptor holding a shared flock (inheritable, so a
-        pod's stage1 can keep it across exec). `remove()` and `gc()` refuse held images. Close to release.
+        """Mark the image in use: returns a file descriptor holding a shared flock (os.set_inheritable
+        it to keep it across exec into stage1). `remove()` and `gc()` refuse held images. Close to release.
         """
         d = self.image_dir(image_id)
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
             if os.fstat(fd).st_ino != os.stat(d).st_ino:
@@ -490,14 +526,136 @@ class Store:
                 policy = aci.Policy(trusted=info.trusted, allow_devices=info.allow_devices)
                 try:
                     aci.read_aci(r, stage, policy)
+                except ImageError as e:
+                    read_error: ImageError | None = e
+                else:
+                    read_error = None
                 finally:
                     r.close()
                     writer.join()
-            if errors:
+            # The writer's error explains the reader's (a stream cut short), unless the reader stopped first.
+            if errors and not isinstance(errors[0], BrokenPipeError):
                 raise errors[0]
+            if read_error is not None:
+                raise read_error
             if dest.exists() or dest.is_symlink():
                 _rmtree(dest) if dest.is_dir() and not dest.is_symlink() else dest.unlink()
             os.rename(stage / "rootfs" if rootfs_only else stage, dest)
         finally:
             if stage.exists():
                 _rmtree(stage)
+
+    def render(
+        self, image_id: str, dest: Path, *, rootfs_only: bool = False, overwrite: bool = False
+    ) -> None:
+        """Like `extract`, with the image's dependencies laid down first and its pathWhitelist applied."""
+        layers = self.layers(image_id)
+        top = layers[-1]
+        if len(layers) == 1 and not top.manifest.path_whitelist:
+            self.extract(image_id, dest, rootfs_only=rootfs_only, overwrite=overwrite)
+            return
+        if (dest.exists() or dest.is_symlink()) and not overwrite:
+            raise ImageError(f"{dest} exists", hint="pass --overwrite to replace it")
+        stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        try:
+            root = stage / "rootfs"
+            root.mkdir()
+            links: dict[tuple[int, int], str] = {}
+            for layer in layers:
+                src = self.images_dir / layer.id / "rootfs"
+                _overlay_copy(str(src), str(root), links)
+                _copy_attrs(str(root), os.lstat(src))
+            if top.manifest.path_whitelist:
+                _prune(str(root), "", frozenset(top.manifest.path_whitelist))
+            shutil.copyfile(self.images_dir / top.id / "manifest", stage / "manifest")
+            os.chmod(stage, 0o755)
+            if dest.exists() or dest.is_symlink():
+                _rmtree(dest) if dest.is_dir() and not dest.is_symlink() else dest.unlink()
+            os.rename(root if rootfs_only else stage, dest)
+        finally:
+            if stage.exists():
+                _rmtree(stage)
+
+
+# --- rendering layers ----------------------------------------------------------------------------------
+
+
+def _copy_attrs(path: str, st: os.stat_result) -> None:
+    if os.geteuid() == 0:
+        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(path, stat.S_IMODE(st.st_mode))
+    os.utime(path, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _remove(path: str, st: os.stat_result) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        _rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def _overlay_copy(src: str, dst: str, links: dict[tuple[int, int], str]) -> None:
+    """Copy the tree `src` over `dst` (a tree only this process writes): upper entries replace lower
+    ones, directories merge. Never follows a symlink: one in the way of a directory is replaced.
+    Hardlinks within a layer stay hardlinks.
+    """
+    for entry in sorted(os.scandir(src), key=lambda e: e.name):
+        d = os.path.join(dst, entry.name)
+        st = entry.stat(follow_symlinks=False)
+        try:
+            old: os.stat_result | None = os.lstat(d)
+        except FileNotFoundError:
+            old = None
+        if stat.S_ISDIR(st.st_mode):
+            if old is not None and not stat.S_ISDIR(old.st_mode):
+                _remove(d, old)
+                old = None
+            if old is None:
+                os.mkdir(d, 0o700)
+            _overlay_copy(entry.path, d, links)
+        else:
+            if old is not None:
+                _remove(d, old)
+            _copy_entry(entry.path, d, st, links)
+        _copy_attrs(d, st)
+
+
+def _copy_entry(src: str, d: str, st: os.stat_result, links: dict[tuple[int, int], str]) -> None:
+    key = (st.st_dev, st.st_ino)
+    if stat.S_ISREG(st.st_mode):
+        if st.st_nlink > 1 and key in links and os.path.lexists(links[key]):
+            os.link(links[key], d, follow_symlinks=False)
+            return
+        sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            dfd = os.open(d, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                while os.sendfile(dfd, sfd, None, CHUNK * 8) > 0:
+                    pass
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sfd)
+        links[key] = d
+    elif stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(src), d)
+    elif stat.S_ISFIFO(st.st_mode):
+        os.mkfifo(d, 0o600)
+    else:
+        os.mknod(d, st.st_mode, st.st_rdev)
+
+
+def _prune(root: str, rel: str, whitelist: frozenset[str]) -> bool:
+    """Remove what the appc pathWhitelist does not name; keep a whitelisted directory's content and the
+    directories leading to whitelisted paths. Returns whether anything below `rel` was kept."""
+    kept = False
+    for entry in sorted(os.scandir(root + rel), key=lambda e: e.name):  # rel is "" or "/a/b"
+        path = f"{rel}/{entry.name}"
+        if path in whitelist:
+            kept = True
+        elif entry.is_dir(follow_symlinks=False) and _prune(root, path, whitelist):
+            kept = True
+        else:
+            _remove(entry.path, entry.stat(follow_symlinks=False))
+    return kept

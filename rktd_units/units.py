@@ -15,8 +15,10 @@ Decisions:
   network-online.target, since their apps use the host's network.
 - NotifyAccess=main: stage0 execs stage1, so the unit's main process is stage1, which sends
   READY=1 itself (nspawn does); apps in the pod cannot forge the pod's state.
-- ExecStopPost=-rktd gc --grace-period=0s releases the stopped pod's network at once (rkt's gc
-  semantics; `-` so that a failing cleanup never masks the pod's own result).
+- `rktd run --uuid-file-save=/run/rktd/pod@NAME/uuid` (RuntimeDirectory=rktd/pod@NAME, made by
+  systemd before start and removed after stop) and `ExecStopPost=-rktd rm --uuid-file=…` remove
+  the pod that just stopped, with its network, as rkt's documentation did; `-` so that a failed
+  cleanup (e.g. stage0 failed before writing the file) never masks the pod's own result.
 - A socket unit gets a `sockets.target.wants` link (generated units cannot be enabled), and its
   service Requires= and is After= it, so a pod started directly still receives its fds.
 """
@@ -45,11 +47,12 @@ from rktd_units.unitfile import (
 
 GENERATOR = "rktd-generator"
 RKTD = "/usr/bin/rktd"
-STOP_POST = (RKTD, "gc", "--grace-period=0s")
+RUN_DIR = "/run"  # what %t means for the system manager; written out, so the unit has no specifiers
 NETWORK_TARGET = "network-online.target"
 SOCKETS_TARGET = "sockets.target"
 DEFAULT_RESTART = "on-failure"  # appc pods; Kubernetes pods carry restartPolicy as rktd/restart
-_DNS_FLAGS = (("--dns", "rktd/dns"), ("--dns-search", "rktd/dns-search"), ("--dns-opt", "rktd/dns-opt"))
+# Annotations passed on as `rktd run` flags (rkt's spellings, DESIGN.md), one flag per word.
+_WORD_FLAGS = (("--dns", "rktd/dns"), ("--dns-search", "rktd/dns-search"), ("--dns-opt", "rktd/dns-opt"))
 _UNIT_SUFFIX = re.compile(r"\.[a-z]+$")
 
 
@@ -133,12 +136,27 @@ def _word(podfile: PodFile, field: str, word: str) -> str:
     return word
 
 
+def runtime_directory(name: str) -> str:
+    """The pod unit's RuntimeDirectory= (under /run): it holds the UUID of the pod it runs."""
+    return f"rktd/pod@{name}"
+
+
+def uuid_file(name: str) -> str:
+    return f"{RUN_DIR}/{runtime_directory(name)}/uuid"
+
+
+def stop_post(name: str) -> list[str]:
+    """ExecStopPost: remove the pod that just stopped, with its network (rkt's `rm --uuid-file`)."""
+    return [RKTD, "rm", f"--uuid-file={uuid_file(name)}"]
+
+
 def _exec_start(podfile: PodFile, ann: dict[str, Any], prefix: str) -> list[str]:
     argv = [RKTD, "run", _word(podfile, "(file name)", f"--pod-manifest={podfile.path}")]
+    argv.append(f"--uuid-file-save={uuid_file(podfile.name)}")
     argv.append(f"--stage1={ann['rktd/stage1']}")
     if ann["rktd/stage1"] == "nspawn":
         argv.append(_word(podfile, f"{prefix}[rktd/net]", f"--net={ann['rktd/net']}"))
-    for flag, key in _DNS_FLAGS:
+    for flag, key in _WORD_FLAGS:
         argv.extend(_word(podfile, f"{prefix}[{key}]", f"{flag}={v}") for v in ann[key])
     return argv
 
@@ -152,8 +170,8 @@ def _deps(podfile: PodFile, ann: dict[str, Any], key: str, prefix: str, pods: Co
         if word == podfile.name:
             raise _fail(podfile, f"{prefix}[{key}]", f"pod {word!r} names itself")
         if word not in pods:
-            known = ", ".join(sorted(pods)) or "none"
-            raise _fail(podfile, f"{prefix}[{key}]", f"no pod named {word!r}", f"pods found: {known}")
+            hint = "add its manifest, or name a unit such as NAME.service"
+            raise _fail(podfile, f"{prefix}[{key}]", f"no pod named {word!r}", hint)
         out.append(f"pod@{word}.service")
     return out
 
@@ -203,8 +221,9 @@ def _service_context(
         "wants": network,
         "requires": _unique(sockets, _deps(podfile, ann, "rktd/requires", prefix, pods)),
         "after": _unique(network, sockets, _deps(podfile, ann, "rktd/after", prefix, pods)),
+        "runtime_directory": runtime_directory(name),
         "exec_start": _exec_start(podfile, ann, prefix),
-        "exec_stop_post": list(STOP_POST),
+        "exec_stop_post": stop_post(name),
         "restart": ann["rktd/restart"] or DEFAULT_RESTART,
         "stop_timeout": ann["rktd/stop-timeout"],
         "syslog_identifier": f"pod-{name}",
@@ -268,8 +287,9 @@ def static_template(templates: Templates | None = None) -> str:
         "wants": [NETWORK_TARGET],
         "requires": [],
         "after": [NETWORK_TARGET],
-        "exec_start": [RKTD, "run", Raw("--pod-manifest=%i")],
-        "exec_stop_post": list(STOP_POST),
+        "runtime_directory": Raw(runtime_directory("%i")),
+        "exec_start": [RKTD, "run", Raw("--pod-manifest=%i"), Raw(f"--uuid-file-save={uuid_file('%i')}")],
+        "exec_stop_post": [RKTD, "rm", Raw(f"--uuid-file={uuid_file('%i')}")],
         "restart": DEFAULT_RESTART,
         "stop_timeout": defaults["rktd/stop-timeout"],
         "syslog_identifier": Raw("pod-%i"),

@@ -221,7 +221,8 @@ def test_hostile_manifest_directory_stays_data(tmp_path: Path) -> None:
     run = run_generator(pods, tmp_path / "out")
     assert (run.returncode, run.stderr) == (0, "")
     manifest = str(pods / "web.json")
-    argv = [units.RKTD, "run", f"--pod-manifest={manifest}", "--stage1=nspawn", "--net=default"]
+    argv = [units.RKTD, "run", f"--pod-manifest={manifest}", f"--uuid-file-save={units.uuid_file('web')}"]
+    argv += ["--stage1=nspawn", "--net=default"]
     unit = parse(run.files["pod@web.service"])
     assert split_exec(unit.get("Service", "ExecStart")[0])[1] == [argv]
     verified = systemd_units.SystemdRoot(tmp_path / "root").verify(run.units())
@@ -475,6 +476,47 @@ def test_compiled_templates_render_exactly_as_jinja2() -> None:
     assert compared >= 8
 
 
+SUBSET = """\
+{# every construct the compiler translates #}
+head {{ a }} and {{ b | up }} and {{ b | wrap('<>') }}
+{% if not a %}
+no a
+{% elif b %}
+  b: {{ b }}
+{% else %}
+neither
+{% endif %}
+    {% for k, v in pairs %}
+  {{ k }}={{ v | up }}
+    {% endfor %}
+{% for x in empty %}
+{% endfor %}
+tail"""
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        {"a": "", "b": "x", "pairs": [("k", "v"), ("k2", "%")], "empty": []},
+        {"a": "A", "b": "", "pairs": [], "empty": []},
+        {"a": 0, "b": "", "pairs": [], "empty": []},
+        {"a": "A", "b": "B", "pairs": [("1", "2")], "empty": []},
+    ],
+)
+def test_template_compiler_matches_jinja2_on_its_whole_subset(context: dict[str, object]) -> None:
+    jinja2 = pytest.importorskip("jinja2")
+    filters = {"up": lambda v: str(v).upper(), "wrap": lambda v, w: w[0] + str(v) + w[1]}
+    env = jinja2.Environment(
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined
+    )
+    env.filters.update(filters)
+    namespace: dict[str, object] = {}
+    exec(templatec.HEADER + templatec.compile_template("t.j2", SUBSET), namespace)
+    render = namespace["render_t"]
+    assert callable(render)
+    assert render(context, filters) == env.from_string(SUBSET).render(**context)
+
+
 @pytest.mark.parametrize(
     "source",
     [
@@ -501,8 +543,9 @@ def test_static_template_runs_any_manifest_by_name(tmp_path: Path) -> None:
         {"pod@.service": static}, ["pod@later.service"]
     )
     assert verified.clean, verified.stderr
-    argv = [units.RKTD, "run", "--pod-manifest=later"]
+    argv = [units.RKTD, "run", "--pod-manifest=later", "--uuid-file-save=/run/rktd/pod@later/uuid"]
     assert verified.exec_argv("pod@later.service", "ExecStart") == [argv]
+    assert verified.exec_argv("pod@later.service", "ExecStopPost") == [units.stop_post("later")]
     assert verified.field("pod@later.service", "LogExtraFields") == ["RKTD_POD=later"]
     generated = parse(
         units.convert(PodFile("x", "/p/x.json", ManifestFormat.APPC, Pod()), {"x"})[0].unit.__str__()
@@ -528,11 +571,15 @@ def test_drop_ins_still_apply_to_generated_units(tmp_path: Path) -> None:
 # -- Random hostile values through the whole converter ---------------------------------------------
 
 WORDS = st.text(st.characters(blacklist_categories=("Cs", "Zs", "Cc")), min_size=1, max_size=20)
+# Network arguments (after `default:`): what rktd/net's grammar lets through, hostile characters included.
+NET_ARGS = st.text(
+    st.characters(blacklist_categories=("Cs", "Zs", "Zl", "Zp", "Cc"), blacklist_characters=","), max_size=20
+)
 
 
 @given(
     dns=st.lists(WORDS, max_size=4),
-    opts=st.lists(WORDS, max_size=2),
+    opts=st.lists(NET_ARGS, max_size=2),
     directory=st.text(st.characters(blacklist_characters="\x00/"), min_size=1, max_size=20),
 )
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -540,12 +587,16 @@ def test_random_annotation_values_never_change_the_command_line(
     dns: list[str], opts: list[str], directory: str
 ) -> None:
     path = f"/pods/{directory}/web.json"
-    annotations = (NameValue("rktd/dns", " ".join(dns)), NameValue("rktd/dns-opt", " ".join(opts)))
+    net = "default:" + "".join(opts)
+    annotations = (
+        NameValue("rktd/dns", " ".join(dns)),
+        NameValue("rktd/dns-opt", " ".join(dns[::-1])),
+        NameValue("rktd/net", net),
+    )
     podfile = PodFile("web", path, ManifestFormat.APPC, Pod(annotations=annotations))
-    expected = [units.RKTD, "run", f"--pod-manifest={path}", "--stage1=nspawn", "--net=default"]
-    expected += [f"--dns={w}" for w in " ".join(dns).split()] + [
-        f"--dns-opt={w}" for w in " ".join(opts).split()
-    ]
+    expected = [units.RKTD, "run", f"--pod-manifest={path}", f"--uuid-file-save={units.uuid_file('web')}"]
+    expected += ["--stage1=nspawn", f"--net={net}", *(f"--dns={w}" for w in " ".join(dns).split())]
+    expected += [f"--dns-opt={w}" for w in " ".join(dns[::-1]).split()]
     try:
         outputs = units.convert(podfile, {"web"})
     except ManifestError as e:  # only what cannot be written is refused, naming the field

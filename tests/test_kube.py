@@ -198,6 +198,20 @@ def test_escape_is_literal_under_expansion(text: str) -> None:
     assert kube.expand(kube.escape(text), {"a": "X", "b": "$(a)", "": "E"}) == text
 
 
+def test_reference_table_lists_every_field_once() -> None:
+    table = kube.reference().splitlines()
+    assert table[:2] == ["| Kubernetes field | rktd |", "|---|---|"]
+    assert [row.split("`")[1] for row in table[2:]] == [f.path for f in kube.FIELDS]
+    assert len({f.path for f in kube.FIELDS}) == len(kube.FIELDS)
+    assert kube.CHILDREN["spec.containers[].ports[]"] == (
+        "name",
+        "containerPort",
+        "protocol",
+        "hostPort",
+        "hostIP",
+    )
+
+
 # --- appc pods export as far as Kubernetes can express ------------------------------------------
 
 APPC_WEB = {
@@ -235,7 +249,7 @@ APPC_WEB = {
         {"name": "rktd/stop-timeout", "value": "5"},
         {"name": "rktd/wanted-by", "value": "multi-user.target"},
     ],
-    "ports": [{"name": "http", "hostPort": 8080}],
+    "ports": [{"name": "http", "hostPort": 80}],  # on the host's network, the port itself
     "userLabels": {"tier": "front"},
 }
 
@@ -253,7 +267,7 @@ def test_appc_pod_exports_and_loads_back_equal() -> None:
     }
     assert spec["containers"][0]["command"][2] == "daemon off; pid $$(PID);"
     assert spec["containers"][0]["ports"] == [
-        {"name": "http", "containerPort": 80, "protocol": "TCP", "hostPort": 8080}
+        {"name": "http", "containerPort": 80, "protocol": "TCP", "hostPort": 80}
     ]
     name, back = kube.load_named(text.encode(), "web.yaml")
     expected = dataclasses.replace(
@@ -314,6 +328,16 @@ INEXPRESSIBLE = [
         _with_app(ports=(Port("a-very-long-port-name", Protocol.TCP, 80),)),
         "spec.containers[0].ports[0].name",
         "is not a port name",
+    ),
+    (
+        "forwarding-on-host-network",
+        dataclasses.replace(
+            _with_app(ports=(Port("http", Protocol.TCP, 80),)),
+            annotations=(NameValue("rktd/net", "host"),),
+            ports=(PodPort("http", 8080),),
+        ),
+        "spec.containers[0].ports[0].hostPort",
+        "must equal containerPort",
     ),
     (
         "annotation-not-a-kube-key",
@@ -447,10 +471,13 @@ CAP_NAMES = st.sampled_from(["NET_ADMIN", "CAP_SYS_TIME", "CHOWN", "MKNOD", "ALL
 
 
 @st.composite
-def containers(draw: st.DrawFn, name: str, index: int, volumes: list[str]) -> dict[str, Any]:
+def containers(draw: st.DrawFn, name: str, index: int, volumes: list[str], host_net: bool) -> dict[str, Any]:
     c: dict[str, Any] = {"name": name, "image": draw(IMAGES)}
     if draw(st.booleans()):
-        c["command"] = draw(st.lists(TEXT, min_size=1, max_size=3))
+        c["command"] = [
+            draw(st.sampled_from(["/bin/sh", "nginx", "$(A)x", "$$1"])),
+            *draw(st.lists(TEXT, max_size=2)),
+        ]
         if draw(st.booleans()):
             c["args"] = draw(st.lists(TEXT, max_size=3))
     if draw(st.booleans()):
@@ -467,7 +494,7 @@ def containers(draw: st.DrawFn, name: str, index: int, volumes: list[str]) -> di
             port["name"] = f"p{index}x{j}"
         port["protocol"] = draw(st.sampled_from(["TCP", "UDP"]))
         if draw(st.booleans()):
-            port["hostPort"] = 10000 + index * 1000 + number
+            port["hostPort"] = port["containerPort"] if host_net else 10000 + index * 1000 + number
             if draw(st.booleans()):
                 port["hostIP"] = draw(st.sampled_from(["127.0.0.1", "::1"]))
         ports.append(port)
@@ -503,7 +530,15 @@ def containers(draw: st.DrawFn, name: str, index: int, volumes: list[str]) -> di
 def kube_pods(draw: st.DrawFn) -> dict[str, Any]:
     volumes = draw(st.lists(NAMES, unique=True, max_size=3))
     apps = draw(st.lists(NAMES, unique=True, min_size=1, max_size=3))
-    spec: dict[str, Any] = {"containers": [draw(containers(n, i, volumes)) for i, n in enumerate(apps)]}
+    net = draw(
+        st.sampled_from([None, "hostNetwork", "no-hostNetwork", "default", "host", "none", "cni1:a=b"])
+    )
+    host = net in ("hostNetwork", "host")
+    spec: dict[str, Any] = {
+        "containers": [draw(containers(n, i, volumes, host)) for i, n in enumerate(apps)]
+    }
+    if net in ("hostNetwork", "no-hostNetwork"):
+        spec["hostNetwork"] = net == "hostNetwork"
     if volumes:
         spec["volumes"] = [
             {"name": v, **draw(st.sampled_from([{"hostPath": {"path": "/srv/" + v}}, {"emptyDir": {}}]))}
@@ -511,7 +546,6 @@ def kube_pods(draw: st.DrawFn) -> dict[str, Any]:
         ]
     for key, values in (
         ("restartPolicy", ["Always", "OnFailure", "Never"]),
-        ("hostNetwork", [True, False]),
         ("terminationGracePeriodSeconds", [0, 1, 30, 600]),
         ("dnsPolicy", ["ClusterFirst", "Default"]),
     ):
@@ -532,8 +566,8 @@ def kube_pods(draw: st.DrawFn) -> dict[str, Any]:
     annotations = {f"example.com/{k}": v for k, v in draw(st.dictionaries(NAMES, TEXT, max_size=2)).items()}
     if draw(st.booleans()):
         annotations["rktd/restart"] = draw(st.sampled_from(["on-abnormal", "always", "no"]))
-    if "hostNetwork" not in spec and draw(st.booleans()):
-        annotations["rktd/net"] = draw(st.sampled_from(["default", "host", "none", "cni1:a=b"]))
+    if net and "hostNetwork" not in net:
+        annotations["rktd/net"] = net
     if annotations:
         metadata["annotations"] = annotations
     labels = draw(

@@ -14,6 +14,7 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -271,6 +272,10 @@ def test_net_d_overrides_and_bad_files(tmp_path: Path) -> None:
     assert nets["default"].source.endswith("20-default.conflist")
     assert [p["type"] for p in nets["default"].plugins] == ["ptp", "tuning"]
     assert nets["lan"].cni_version == cni.DEFAULT_CNI_VERSION
+    assert [c.name for c, _ in network._select("all", tmp_path)] == ["lan", "default"]
+    (netd / "20-default.conflist").unlink()
+    assert [c.name for c, _ in network._select("all", tmp_path)] == ["lan", "default"]
+    assert network._select("all", tmp_path)[1][0].source == "built-in"
     (netd / "30-dup.conf").write_text(json.dumps({"name": "lan", "type": "ptp"}))
     with pytest.raises(NetworkError, match=r"30-dup\.conf: name: network 'lan' is also defined in .*10-lan"):
         cni.load_networks(tmp_path)
@@ -490,7 +495,9 @@ def test_app_hosts_precedence(tmp_path: Path) -> None:
     (tmp_path / "net").mkdir()
     ours = tmp_path / "net" / "hosts"
     ours.write_text("127.0.0.1\tlocalhost\n127.0.0.1\tweb\n")
-    fallback = network.NetResult("none", None, hosts=ours, hosts_source="fallback", hostname="web")
+    fallback = network.NetResult(
+        network.NetKind.NONE, None, hosts=ours, hosts_source="fallback", hostname="web"
+    )
     rootfs = tmp_path / "rootfs"
     (rootfs / "etc").mkdir(parents=True)
     assert network.app_hosts(fallback, tmp_path, "a", rootfs, volume=False) == ours  # image has none
@@ -502,7 +509,7 @@ def test_app_hosts_precedence(tmp_path: Path) -> None:
     (rootfs / "etc" / "hosts").unlink()
     (rootfs / "etc" / "hosts").symlink_to("/etc/shadow")
     assert network.app_hosts(fallback, tmp_path, "b", rootfs, volume=False) == ours  # never follow it
-    flags = network.NetResult("none", None, hosts=ours, hosts_source="flags", hostname="web")
+    flags = network.NetResult(network.NetKind.NONE, None, hosts=ours, hosts_source="flags", hostname="web")
     assert network.app_hosts(flags, tmp_path, "a", rootfs, volume=True) == ours  # flags beat volumes
     with pytest.raises(UsageError, match="host name"):
         network.setup("x", tmp_path, "host", local_config=tmp_path, hostname="bad name\n1.2.3.4 evil")
@@ -520,7 +527,7 @@ def test_teardown_after_the_namespace_vanished(env: Env) -> None:
 
 def test_chain_names_match_the_plugins() -> None:
     # Seen in iptables-save after ptp (ipMasq) and portmap ADD for network "default", container "abc-1".
-    assert network._cni_chains("default", "abc-1") == (
+    assert cni.chain_names("default", "abc-1") == (
         "CNI-faae9bb84ed6b6bf90f93178",
         "CNI-DN-faae9bb84ed6b6bf90f93",
     )
@@ -533,7 +540,7 @@ def test_teardown_sweeps_what_killed_plugins_leave(env: Env) -> None:
     pod_uuid, pod_dir, _ = env.setup("default")
     empty_lease = env.data_dir / "default" / "172.16.28.250"
     empty_lease.touch()
-    masq, _dnat = network._cni_chains("default", pod_uuid)
+    masq, _dnat = cni.chain_names("default", pod_uuid)
     comment = f'name: "default" id: "{pod_uuid}"'
     # As ptp leaves it when killed after its masquerade chain but before the POSTROUTING jump:
     # first DEL the pod's own rules, then recreate the chain alone.
@@ -552,3 +559,62 @@ def test_teardown_sweeps_what_killed_plugins_leave(env: Env) -> None:
     env.teardown(pod_uuid, pod_dir)
     assert not any(masq in r for r in iptables_rules())
     assert not empty_lease.exists() and leases(env.data_dir) == set()
+
+
+@needs_net
+def test_check_finds_a_broken_pod_network(env: Env) -> None:
+    _, pod_dir, res = env.setup("default", ports=[PortForward(free_port(), 80)])
+    network.check(pod_dir)  # ptp and portmap both agree with what they made
+    assert res.netns_path
+    in_netns(res.netns_path, "ip", "addr", "flush", "dev", "eth0")
+    with pytest.raises(NetworkError, match=r"CNI CHECK ptp \(network 'default', eth0\)"):
+        network.check(pod_dir)
+
+
+@needs_net
+def test_udp_port_forward_from_host_loopback(env: Env) -> None:
+    port = free_port()
+    _, _, res = env.setup("default", ports=[PortForward(port, 53, "udp", name="dns")])
+    assert res.netns_path
+    receiver = (
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('', 53));"
+        "s.settimeout(10); print(s.recvfrom(100)[0].decode(), flush=True)"
+    )
+    server = subprocess.Popen(
+        ["nsenter", f"--net={res.netns_path}", sys.executable, "-c", receiver], stdout=subprocess.PIPE
+    )
+    try:
+        for _ in range(100):
+            if in_netns(res.netns_path, "ss", "-Hlun", "sport = :53").stdout.strip():
+                break
+            time.sleep(0.05)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.sendto(b"hello-udp", ("127.0.0.1", port))
+        out, _ = server.communicate(timeout=15)
+    finally:
+        server.kill()
+        server.wait()
+    assert out.decode().strip() == "hello-udp"
+
+
+@needs_net
+def test_host_local_hands_out_exactly_253_default_addresses(tmp_path: Path) -> None:
+    """The /24 arithmetic against the real IPAM plugin (host-local alone: no namespace, no veth)."""
+    ipam = dict(cni.BUILTIN_NETWORKS["default"]["ipam"], dataDir=str(tmp_path))
+    conf = {"cniVersion": "1.0.0", "name": "default", "type": "host-local", "ipam": ipam}
+    common = {"netns": "/nonexistent", "ifname": "eth0"}
+    got = []
+    try:
+        for i in range(cni.ipam_capacity(ipam)):
+            result = cni.invoke(conf, "ADD", container_id=f"c{i}", **common)
+            assert result is not None
+            got.append(result["ips"][0]["address"])
+        with pytest.raises(cni.PluginError, match="no IP addresses available"):
+            cni.invoke(conf, "ADD", container_id="one-too-many", **common)
+    finally:
+        for i in range(len(got)):
+            cni.invoke(conf, "DEL", container_id=f"c{i}", **common)
+    assert len(got) == 253
+    assert sorted(got, key=lambda a: int(a.split(".")[3].split("/")[0]))[0] == "172.16.28.2/24"
+    assert {a.split("/")[0] for a in got} == {f"172.16.28.{n}" for n in range(2, 255)}
+    assert leases(tmp_path) == set()

@@ -4,6 +4,8 @@ references, prepare/run-prepared/list/status/rm through the real CLI, exit codes
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -145,6 +147,8 @@ def test_uuid_file_and_app_names(rktd: Rktd, tmp_path: Path) -> None:
     assert uuid == proc.stdout.strip()
     apps = [a["name"] for a in rktd.status(uuid)["apps"]]
     assert apps == ["busybox", "busybox-2", "x"]
+    assert rktd("rm", f"--uuid-file={uuid_file}").returncode == 0
+    assert not (rktd.dir / "pods" / "prepared" / uuid).exists()
 
 
 def test_run_path_imports_stay_lean(tmp_path: Path) -> None:
@@ -159,3 +163,16 @@ def test_run_path_imports_stay_lean(tmp_path: Path) -> None:
     assert "rktd_units.stage0" in modules
     for heavy in ("rktd_units.fetch", "rktd_units.network", "jinja2", "yaml", "cryptography", "http.client"):
         assert heavy not in modules
+
+
+@needs_root
+@needs_nspawn
+@pytest.mark.skipif(shutil.which("script") is None, reason="script(1) absent")
+def test_interactive_gets_a_terminal(rktd: Rktd) -> None:
+    argv = rktd.argv("run", "--interactive", "--net=host", IMG, "--exec=/bin/sh", "--", "-c", "tty; exit 4")
+    proc = subprocess.run(
+        ["script", "-qec", shlex.join(argv), "/dev/null"],
+        capture_output=True, text=True, timeout=60, env=rktd.env({"TERM": "xterm"}),
+    )  # fmt: skip
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "/dev/pts/" in proc.stdout  # the app's stdin is the pod's console, not a pipe

@@ -174,7 +174,11 @@ def test_export_gives_back_the_exact_tar_and_extract_the_same_tree(tmp_path: Pat
 def test_tampered_tree_is_detected_on_export(tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
     info = store.import_aci(make_busybox_aci(tmp_path / "bb.aci"))
-    (store.rootfs(info.id) / "etc/passwd").write_text("root::0:0:root:/root:/bin/sh\n")
+    passwd = store.rootfs(info.id) / "etc/passwd"
+    passwd.write_bytes(passwd.read_bytes().replace(b"root:x:", b"root::x"))  # same size
+    with pytest.raises(ImageError, match="no longer matches its ID"):
+        store.export(info.id, tmp_path / "out.aci")
+    passwd.write_bytes(b"root::0:0:root:/root:/bin/sh\n")
     with pytest.raises(ImageError, match="no longer matches its ID"):
         store.export(info.id, tmp_path / "out.aci")
     assert not (tmp_path / "out.aci").exists()
@@ -238,6 +242,46 @@ def test_failed_stream_leaves_store_unchanged(tmp_path: Path) -> None:
     with pytest.raises((ConnectionResetError, StoreError)):
         store.import_aci(Broken(data))
     assert snapshot(store.root) == before
+
+
+def test_layers_and_render_with_dependencies(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    base = store.import_aci(make_busybox_aci(tmp_path / "base.aci", extra_files={"etc/motd": "base\n"}))
+    dep = {"imageName": "example.com/busybox", "labels": [{"name": "version", "value": "1.0.0"}]}
+    app_entries = [
+        Entry("manifest", data=image_manifest("example.com/app", extra={"dependencies": [dep]})),
+        Entry("rootfs", "dir", mode=0o755),
+        Entry("rootfs/etc", "dir", mode=0o755),
+        Entry("rootfs/etc/motd", data=b"app\n"),
+        Entry("rootfs/bin/sh", data=b"not a symlink any more", mode=0o755),
+        Entry("rootfs/app", "dir", mode=0o750),
+        Entry("rootfs/app/run", data=b"#!/bin/sh\n", mode=0o755),
+        Entry("rootfs/app/run2", "hardlink", target="rootfs/app/run"),
+    ]
+    app = store.import_aci(write_aci(tmp_path / "app.aci", app_entries))
+    assert [i.id for i in store.layers(app.id)] == [base.id, app.id]
+    store.render(app.id, tmp_path / "out")
+    root = tmp_path / "out/rootfs"
+    assert (root / "etc/motd").read_text() == "app\n"  # upper wins
+    assert (root / "etc/passwd").is_file() and (root / "bin/busybox").is_file()  # lower kept
+    assert not (root / "bin/sh").is_symlink() and (root / "bin/sh").read_bytes() == b"not a symlink any more"
+    assert os.readlink(root / "bin/ls") == "busybox"
+    assert (root / "app/run").stat().st_ino == (root / "app/run2").stat().st_ino
+    assert (root / "app").stat().st_mode & 0o777 == 0o750
+    assert json.loads((tmp_path / "out/manifest").read_text())["name"] == "example.com/app"
+    assert (store.rootfs(base.id) / "etc/motd").read_text() == "base\n"  # the store is untouched
+    # a dependency that is not there, and a pathWhitelist
+    missing = {"imageName": "example.com/nothing"}
+    wl = {"dependencies": [dep], "pathWhitelist": ["/bin/busybox", "/etc/passwd", "/app"]}
+    for name, extra in (("example.com/broken", {"dependencies": [missing]}), ("example.com/wl", wl)):
+        entries = [Entry("manifest", data=image_manifest(name, extra=extra)), *app_entries[1:]]
+        store.import_aci(write_aci(tmp_path / "x.aci", entries))
+    with pytest.raises(ImageError, match=r"example\.com/nothing of example\.com/broken is not in the store"):
+        store.render(store.find("example.com/broken").id, tmp_path / "broken")  # type: ignore[union-attr]
+    assert not (tmp_path / "broken").exists()
+    store.render(store.find("example.com/wl").id, tmp_path / "wl", rootfs_only=True)  # type: ignore[union-attr]
+    kept = sorted(str(p.relative_to(tmp_path / "wl")) for p in (tmp_path / "wl").rglob("*"))
+    assert kept == ["app", "app/run", "app/run2", "bin", "bin/busybox", "etc", "etc/passwd"]
 
 
 # --- SIGKILL and concurrency ----------------------------------------------------------------------------
@@ -353,7 +397,7 @@ def test_cli(tmp_path: Path) -> None:
     assert lines[0].split()[:4] == ["ID", "NAME", "LABELS", "SIZE"]
     assert lines[1].startswith(image_id[:39]) and "version=1.2" in lines[1]
     res = runner.invoke(cli, [*base, "image", "export", image_id[:20], str(tmp_path / "out.aci")])
-    assert res.exit_code == 0 and (tmp_path / "out.aci").read_bytes() == path.read_bytes()
+    assert res.exit_code == 0 and (tmp_path / "out.aci").read_bytes() == gzip.decompress(path.read_bytes())
     res = runner.invoke(
         cli, [*base, "image", "extract", "--rootfs-only", image_id[:20], str(tmp_path / "x")]
     )
@@ -368,3 +412,12 @@ def test_cli(tmp_path: Path) -> None:
     assert res.exit_code == 0 and res.stdout.strip() == f"removed {image_id}"
     res = runner.invoke(cli, [*base, "image", "list", "--no-legend"])
     assert res.stdout == ""
+
+
+def test_progress_is_quiet_off_a_terminal_and_counts_on_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert aci.tty_progress("importing x") is None  # pytest's stderr is not a terminal
+    bar = aci.TtyProgress("importing x", total=4 << 20)
+    bar(2 << 20)
+    bar.done()
+    err = capsys.readouterr().err
+    assert err == "\rimporting x [############             ]  50% 2 MiB\n"

@@ -1,7 +1,7 @@
 """Kubernetes v1 Pod YAML <-> `rktd_units.model.Pod`: the subset rktnetes mapped, and nothing silently.
 
 Every Kubernetes field rktd understands is one entry of `FIELDS`; unknown-field checks, the
-order of dumped keys and the documentation table derive from it. Any other field is an error
+order of dumped keys and the reference table (`reference()`) derive from it. Any other field is an error
 naming its path (`spec.containers[0].livenessProbe: not supported by rktd (supported: ...)`).
 
 The mapping, and the decisions where Kubernetes and appc differ:
@@ -20,7 +20,8 @@ The mapping, and the decisions where Kubernetes and appc differ:
   otherwise the app's user and group are the model's default "0" unless runAsUser/runAsGroup say.
 - ports: `name` defaults to PORT-PROTOCOL as docker2aci named them (`80-tcp`); port names are unique
   in the pod (containers share one network namespace, and pod ports find app ports by name);
-  `hostPort` (0 = none) and `hostIP` become pod `ports[]`. SCTP is an error.
+  `hostPort` (0 = none) and `hostIP` become pod `ports[]`; on the host's network (`hostNetwork`
+  or `rktd/net: host`) hostPort must equal containerPort, as Kubernetes requires. SCTP is an error.
 - resources: `cpu` and `memory` limits/requests -> `resource/cpu`, `resource/memory` isolators
   holding the quantities as written; a request above its limit is an error.
 - capabilities follow the CRI runtimes: start from the default container set (`DEFAULT_CAPS`), add
@@ -45,7 +46,6 @@ back to the same model, up to the defaults Kubernetes makes explicit (`rktd/rest
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -56,7 +56,19 @@ from typing import Any
 from rktd_units import annotations as rktd_annotations
 from rktd_units.annotations import AC_NAME_RE
 from rktd_units.errors import ManifestError
-from rktd_units.formats.kube_yaml import key_text, parse_yaml
+from rktd_units.formats.kube_yaml import (
+    _at,
+    _bool,
+    _fail,
+    _int,
+    _kind,
+    _list,
+    _map,
+    _show,
+    _str,
+    key_text,
+    parse_yaml,
+)
 from rktd_units.model import (
     App,
     ImageRef,
@@ -141,6 +153,12 @@ FIELDS: tuple[Field, ...] = (
 )
 
 
+def reference() -> str:
+    """The supported fields as a Markdown table (for documentation and man pages)."""
+    rows = [f"| `{f.path}` | {f.meaning} |" for f in FIELDS]
+    return "\n".join(["| Kubernetes field | rktd |", "|---|---|", *rows]) + "\n"
+
+
 def _children() -> dict[str, tuple[str, ...]]:
     out: dict[str, list[str]] = {}
     for f in FIELDS:
@@ -210,90 +228,6 @@ _QUANTITY_RE = re.compile(
 )
 _BINARY = {s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))}
 _DECIMAL = {s: Decimal(10) ** e for s, e in zip("numkMGTPE", (-9, -6, -3, 3, 6, 9, 12, 15, 18), strict=True)}
-_BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
-
-
-# ---------------------------------------------------------------------------------------------
-# Typed access to the YAML document; every problem is a ManifestError at a Kubernetes field path.
-
-
-def _fail(field: str, message: str, hint: str | None = None) -> ManifestError:
-    return ManifestError(None, field, message, hint=hint)
-
-
-def _at(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, datetime.date):
-        return "a date"
-    return f"a YAML {type(value).__name__}"
-
-
-def _show(value: object) -> str:
-    """A short, safe rendering of a scalar for messages (huge numbers cannot even be printed)."""
-    if isinstance(value, str):
-        return repr(value if len(value) <= 64 else value[:61] + "...")
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**18:
-        return str(value)
-    return _kind(value)
-
-
-def _str(value: object, field: str, *, empty: bool = True) -> str:
-    if not isinstance(value, str):
-        scalar = isinstance(value, bool | int | float | datetime.date)
-        raise _fail(field, f"must be a string, not {_kind(value)}", hint="quote it" if scalar else None)
-    if _BAD_CHARS.search(value):
-        raise _fail(field, "contains a NUL character or an unpaired surrogate")
-    if not empty and not value:
-        raise _fail(field, "must not be empty")
-    return value
-
-
-def _int(value: object, field: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(field, f"must be an integer, not {_kind(value)}")
-    if not lo <= value <= hi:
-        raise _fail(field, f"{_show(value)} is out of range {lo}..{hi}")
-    return value
-
-
-def _bool(value: object, field: str) -> bool:
-    if not isinstance(value, bool):
-        raise _fail(field, f"must be true or false, not {_kind(value)}")
-    return value
-
-
-def _list(value: object, field: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _fail(field, f"must be a list, not {_kind(value)}")
-    return value
-
-
-def _map(value: object, field: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _fail(field, f"must be a mapping, not {_kind(value)}")
-    for key in value:
-        if not isinstance(key, str):
-            raise _fail(field, f"key {_show(key)} is not a string", hint="quote it")
-    return value
 
 
 def _fields(value: object, field: str, pattern: str) -> dict[str, Any]:
@@ -303,7 +237,7 @@ def _fields(value: object, field: str, pattern: str) -> dict[str, Any]:
     for key in obj:
         if key not in allowed:
             hint = _HINTS.get(_at(pattern, key), "supported: " + ", ".join(allowed))
-            raise _fail(_at(field, key_text(key)), "not supported by rktd", hint=hint)
+            raise _fail(_at(field, key), "not supported by rktd", hint=hint)
     return obj
 
 
@@ -505,6 +439,8 @@ def _ports(value: object, field: str) -> tuple[tuple[Port, ...], tuple[PodPort, 
                 )
         if any((p.port, p.protocol) == (number, Protocol(proto.lower())) for p in ports):
             raise _fail(_at(where, "containerPort"), f"{number}/{proto} is given twice")
+        if any(p.name == name for p in ports):
+            raise _fail(_at(where, "name"), f"port name {_show(name)} is given twice")
         ports.append(Port(name, Protocol(proto.lower()), number))
         raw_host_port = obj.get("hostPort")
         host_port = 0 if raw_host_port is None else _int(raw_host_port, _at(where, "hostPort"), 0, 65535)
@@ -744,6 +680,8 @@ def _pod(doc: object) -> tuple[str, Pod]:
         apps.append(app)
         pod_ports += ports
     annotations = _spec_annotations(spec, given)
+    if annotations.get("rktd/net") == "host":
+        _host_network_ports(apps, pod_ports)
     pod = Pod(
         apps=tuple(apps),
         volumes=tuple(volumes.values()),
@@ -763,6 +701,18 @@ def _unique_ports(apps: list[RuntimeApp], app: RuntimeApp, index: int) -> None:
             raise _fail(_at(where, "name"), f"{_show(port.name)} is already a port of another container")
         if any((port.port, port.protocol) == number for _, number in taken):
             raise _fail(_at(where, "containerPort"), f"{port.port} is already a port of another container")
+
+
+def _host_network_ports(apps: list[RuntimeApp], pod_ports: list[PodPort]) -> None:
+    """On the host's network a port is the host's port: Kubernetes requires hostPort == containerPort."""
+    host = {p.name: p.host_port for p in pod_ports}
+    for i, app in enumerate(apps):
+        for j, port in enumerate(app.app.ports if app.app else ()):
+            if host.get(port.name, port.port) != port.port:
+                where = f"spec.containers[{i}].ports[{j}].hostPort"
+                raise _fail(
+                    where, "must equal containerPort on the host's network (hostNetwork, rktd/net host)"
+                )
 
 
 def _one_line(text: str) -> str:

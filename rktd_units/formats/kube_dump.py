@@ -28,14 +28,12 @@ from rktd_units.formats.kube import (
     REMOVE_SET,
     RESTART_POLICIES,
     RETAIN_SET,
-    _at,
     _dns,
-    _fail,
     _name,
     _pod,
-    _show,
     escape,
 )
+from rktd_units.formats.kube_yaml import _at, _fail, _show
 from rktd_units.model import App, ImageRef, Isolator, Pod, PodPort, Port, RuntimeApp, VolumeKind
 
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)

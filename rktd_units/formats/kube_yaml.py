@@ -10,6 +10,10 @@ a ManifestError.
 
 from __future__ import annotations
 
+import datetime
+import re
+from typing import Any
+
 import yaml
 
 from rktd_units.errors import ManifestError
@@ -20,6 +24,7 @@ MAX_DEPTH = 64
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE = "tag:yaml.org,2002:merge"
+_BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
 
 
 def _fail(field: str, message: str, hint: str | None = None) -> ManifestError:
@@ -129,3 +134,78 @@ def parse_yaml(data: bytes) -> object:
         raise _fail("", f"invalid YAML value: {type(e).__name__}") from None
     finally:
         loader.dispose()
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed access to the YAML document; every problem is a ManifestError at a Kubernetes field path.
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, datetime.date):
+        return "a date"
+    return f"a YAML {type(value).__name__}"
+
+
+def _show(value: object) -> str:
+    """A short, safe rendering of a scalar for messages (huge numbers cannot even be printed)."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= 64 else value[:61] + "...")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**18:
+        return str(value)
+    return _kind(value)
+
+
+def _str(value: object, field: str, *, empty: bool = True) -> str:
+    if not isinstance(value, str):
+        scalar = isinstance(value, bool | int | float | datetime.date)
+        raise _fail(field, f"must be a string, not {_kind(value)}", hint="quote it" if scalar else None)
+    if _BAD_CHARS.search(value):
+        raise _fail(field, "contains a NUL character or an unpaired surrogate")
+    if not empty and not value:
+        raise _fail(field, "must not be empty")
+    return value
+
+
+def _int(value: object, field: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(field, f"must be an integer, not {_kind(value)}")
+    if not lo <= value <= hi:
+        raise _fail(field, f"{_show(value)} is out of range {lo}..{hi}")
+    return value
+
+
+def _bool(value: object, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(field, f"must be true or false, not {_kind(value)}")
+    return value
+
+
+def _list(value: object, field: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _fail(field, f"must be a list, not {_kind(value)}")
+    return value
+
+
+def _map(value: object, field: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(field, f"must be a mapping, not {_kind(value)}")
+    for key in value:
+        if not isinstance(key, str):
+            raise _fail(field, f"key {_show(key)} is not a string", hint="quote it")
+    return value

@@ -1,8 +1,8 @@
 """The pod's init inside systemd-nspawn (PID 1 of the pod), and the syscalls stage1 shares.
 
-Pure standard library, no rktd_units imports: stage0 copies this file into the pod directory
-and nspawn runs it as `python3 -I -S /rktd/init.py`. It reads `/rktd/init.cfg` (stage1.json as
-marshal data, written by stage1), then for each app: binds /proc, /dev and /sys into the app's rootfs
+Pure standard library, no rktd_units imports: stage0 copies this file (compiled once) into the
+pod directory and nspawn runs it as `python3 -I -S /rktd/init.pyc`. It reads `/rktd/init.cfg`
+(stage1.json as marshal data), then for each app: binds /proc, /dev and /sys into the app's rootfs
 (`/opt/stage2/<app>/rootfs`, already mounted by stage1), runs pre-start handlers, forks the
 app chrooted into its rootfs with its environment, user, groups, working directory, cgroup,
 capability bounding set and no-new-privileges, and relays its stdout/stderr line by line to
@@ -14,7 +14,6 @@ failed (SIGTERM to the others, the stop timeout, SIGKILL); its exit status is th
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import select
@@ -58,19 +57,27 @@ _libc: Any = None
 
 
 def libc() -> Any:
+    """libc through ctypes, imported on first use (stage1's host side and the app children need it;
+    the init only for PR_SET_PDEATHSIG)."""
     global _libc
     if _libc is None:
+        import ctypes
+
         _libc = ctypes.CDLL(None, use_errno=True)
     return _libc
 
 
 def _check(ret: int, what: str) -> None:
     if ret != 0:
+        import ctypes
+
         e = ctypes.get_errno()
         raise OSError(e, f"{what}: {os.strerror(e)}")
 
 
 def mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    import ctypes
+
     ret = libc().mount(
         source.encode(),
         target.encode(),
@@ -94,6 +101,8 @@ def unshare_mounts() -> None:
 
 
 def prctl(option: int, arg: int) -> None:
+    import ctypes
+
     _check(libc().prctl(option, ctypes.c_ulong(arg), 0, 0, 0), f"prctl({option})")
 
 
@@ -339,9 +348,21 @@ class Init:
                 return code
         return 0
 
+    def prepare_rootfs_all(self) -> None:
+        """Mount /proc, /dev, /sys into every app's rootfs, from a child (the mounts are the mount
+        namespace's, so they stay, and the init's own memory stays small)."""
+        pid = os.fork()
+        if pid == 0:
+            try:
+                for app in self.apps:
+                    self.prepare_rootfs(app)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+
     def start(self) -> None:
+        self.prepare_rootfs_all()
         for app in self.apps:
-            self.prepare_rootfs(app)
             code = self.run_handler(app, "pre_start")
             if code:
                 self.fail(app, code)
@@ -510,10 +531,9 @@ def main() -> int:
             import marshal  # stage1 writes init.cfg as marshal data: no json (and re) to import
 
             cfg = marshal.load(f)
-    try:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the pod dies with stage1 (systemd-nspawn)
-    except OSError:
-        pass
+    # systemd-nspawn does not take its container down when it is SIGKILLed: the pod dies with it.
+    # (This is what loads ctypes into the resident init, ~1 MB; nothing else there needs it.)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     init = Init(cfg)
     signal.set_wakeup_fd(init.wake_w)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -102,7 +102,7 @@ def nspawn_argv(root: Path, cfg: dict[str, Any]) -> list[str]:
     extra = sorted({c for app in cfg["apps"] for c in app.get("caps_retain") or ()} - NSPAWN_DEFAULT_CAPS)
     if extra:
         argv.append(f"--capability={','.join(extra)}")
-    argv += ["--", "/usr/bin/python3", "-I", "-S", "/rktd/init.py", "/rktd/init.cfg"]
+    argv += ["--", "/usr/bin/python3", "-I", "-S", f"/rktd/{cfg.get('init', 'init.py')}", "/rktd/init.cfg"]
     return argv
 
 

@@ -55,8 +55,9 @@ def image_manifest(
     *,
     app: Mapping[str, Any] | None = None,
     annotations: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """An appc ImageManifest as JSON bytes."""
+    """An appc ImageManifest as JSON bytes; `extra` adds top-level fields (dependencies, pathWhitelist)."""
     doc: dict[str, Any] = {"acKind": "ImageManifest", "acVersion": "0.8.11", "name": name}
     merged = dict(DEFAULT_LABELS if labels is None else labels)
     if merged:
@@ -65,6 +66,7 @@ def image_manifest(
         doc["app"] = {"exec": list(exec or ["/bin/sh"]), "user": "0", "group": "0", **(app or {})}
     if annotations:
         doc["annotations"] = [{"name": k, "value": v} for k, v in sorted(annotations.items())]
+    doc.update(extra or {})
     return json.dumps(doc, indent=2, sort_keys=True).encode()
 
 

@@ -8,13 +8,16 @@ of the session, and the teardown fails the run if anything stays mounted.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.aci import make_busybox_aci
 from tests.integration.machine import Machine, build_deb, build_root
+from tests.integration.pods import IMAGE, Pods, usr_image
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -60,3 +63,22 @@ def installed(machine: Machine, deb: Path) -> Machine:
     machine.copy_in(deb, f"/root/{deb.name}")
     machine.run(["dpkg", "-i", f"/root/{deb.name}"], timeout=120)
     return machine
+
+
+@pytest.fixture(scope="session")
+def images(installed: Machine, tmp_path_factory: pytest.TempPathFactory) -> Machine:
+    tmp = tmp_path_factory.mktemp("aci")
+    for aci in (make_busybox_aci(tmp / "busybox.aci", IMAGE), usr_image(tmp / "busybox-usr.aci")):
+        installed.copy_in(aci, f"/root/{aci.name}")
+        out = installed.run(["rktd", "--insecure-options=image", "fetch", f"/root/{aci.name}"]).stdout
+        assert re.fullmatch(r"sha512-[0-9a-f]{128}\n", out), out
+    return installed
+
+
+@pytest.fixture
+def pods(images: Machine) -> Iterator[Pods]:
+    p = Pods(images)
+    try:
+        yield p
+    finally:
+        p.cleanup()

@@ -64,11 +64,13 @@ def say(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m" if sys.stdout.isatty() else f"\n== {text}", flush=True)
 
 
-def show(target: Target, argv: Sequence[str]) -> str:
+def show(target: Target, argv: Sequence[str], *, check: bool = False) -> str:
     print(f"$ {shlex.join(argv)}", flush=True)
-    out = target.run(argv, check=False).stdout
-    print(out.rstrip(), flush=True)
-    return out
+    proc = target.run(argv, check=False)
+    print((proc.stdout + proc.stderr).rstrip(), flush=True)
+    if check and proc.returncode != 0:
+        raise SystemExit(f"demo: {shlex.join(argv)} failed ({proc.returncode})")
+    return proc.stdout
 
 
 def demo(target: Target, deb: Path, aci: Path, *, on_host: bool) -> int:
@@ -80,10 +82,10 @@ def demo(target: Target, deb: Path, aci: Path, *, on_host: bool) -> int:
         target.run(["dpkg", "-i", f"/var/tmp/{deb.name}"], timeout=120)
     say("fetching the example's image (a busybox ACI built here, unsigned: --insecure-options=image)")
     target.copy_in(aci, "/var/tmp/busybox.aci")
-    show(target, ["rktd", "--insecure-options=image", "fetch", "/var/tmp/busybox.aci"])
+    show(target, ["rktd", "--insecure-options=image", "fetch", "/var/tmp/busybox.aci"], check=True)
     say("dropping examples/hello.json into /etc/rktd/pods and starting pod@hello")
     target.copy_in(EXAMPLE, "/etc/rktd/pods/hello.json")
-    show(target, ["systemctl", "daemon-reload"])
+    show(target, ["systemctl", "daemon-reload"], check=True)
     show(target, ["systemctl", "start", "pod@hello"])
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
