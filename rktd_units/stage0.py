@@ -387,6 +387,21 @@ def parse_quantity(text: str, *, millis: bool = False) -> int:
     return int(value * 1000) if millis else int(value)
 
 
+def _sysctls(pod: Pod, net: str, flavour: str) -> dict[str, str]:
+    """The pod's `os/unix/sysctl` isolators (pod-wide, and the apps'), set by the pod's init.
+    Only namespaced ones can work, so a pod on the host network (or fly) may not set any."""
+    out: dict[str, str] = {}
+    for iso in (*pod.isolators, *(i for ra in pod.apps for i in (ra.app.isolators if ra.app else ()))):
+        if iso.name == "os/unix/sysctl" and isinstance(iso.value, dict):
+            out.update(iso.value)
+    if out and (flavour == "fly" or net == "host"):
+        raise UsageError(
+            f"sysctls ({', '.join(sorted(out))}) need a pod network namespace",
+            hint="they would change the host: use --net=none or a CNI network, and stage1 nspawn",
+        )
+    return out
+
+
 def _isolators(pod: Pod, app: App, arg: ImageArg | None) -> dict[str, Any]:
     """Pod isolators, overridden by the app's, overridden by the command line."""
     values: dict[str, Any] = {}
@@ -458,6 +473,7 @@ def prepare(opts: RunOptions, *, durable: bool = True) -> PodDir:
             "stop_timeout": notes["rktd/stop-timeout"],
             "interactive": opts.interactive,
             "init": f"init{init.suffix}",
+            "sysctls": _sysctls(pod, net, flavour),
             "apps": apps,
         }
         from rktd_units.formats import appc

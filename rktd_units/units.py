@@ -17,7 +17,7 @@ Decisions:
   READY=1 itself (nspawn does); apps in the pod cannot forge the pod's state.
 - `rktd run --uuid-file-save=/run/rktd/pod@NAME/uuid` (RuntimeDirectory=rktd/pod@NAME, made by
   systemd before start and removed after stop) and `ExecStopPost=-rktd rm --uuid-file=…` remove
-  the pod that just stopped, with its network, as rkt's documentation did; `-` so that a failed
+  the pod that just stopped, with its network (rkt's `rm --uuid-file`); `-` so that a failed
   cleanup (e.g. stage0 failed before writing the file) never masks the pod's own result.
 - A socket unit gets a `sockets.target.wants` link (generated units cannot be enabled), and its
   service Requires= and is After= it, so a pod started directly still receives its fds.

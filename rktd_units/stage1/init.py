@@ -360,7 +360,23 @@ class Init:
                 os._exit(0)
         os.waitpid(pid, 0)
 
+    def apply_sysctls(self) -> int:
+        for name, value in sorted(self.cfg.get("sysctls", {}).items()):
+            path = "/proc/sys/" + name.replace(".", "/")
+            try:
+                with open(path, "w") as f:
+                    f.write(str(value))
+            except OSError as e:
+                self.log(
+                    f"sysctl {name}={value}: {e.strerror} (only network-namespaced sysctls are writable)"
+                )
+                return 1
+        return 0
+
     def start(self) -> None:
+        if self.apply_sysctls():
+            self.failed = 1
+            return
         self.prepare_rootfs_all()
         for app in self.apps:
             code = self.run_handler(app, "pre_start")
