@@ -106,18 +106,29 @@ def pod_from_options(opts: RunOptions) -> tuple[Pod, str | None]:
         pod = pod_file.pod
         if opts.volumes:
             pod = replace(pod, volumes=_merge_volumes(pod.volumes, opts.volumes))
+        _check_name(opts.name, "--name")
         return pod, opts.name or pod_file.name
     if not opts.images:
         raise UsageError("nothing to run", hint="give an IMAGE or --pod-manifest=NAME|PATH")
+    _check_name(opts.name, "--name (the pod's)")
     apps: list[RuntimeApp] = []
     taken: set[str] = set()
     for arg in opts.images:
+        _check_name(arg.name, f"{arg.image}: --name")
         name = arg.name or _app_name(arg.image, taken)
         if name in taken:
             raise UsageError(f"two apps are named {name!r}", hint="set --name after each IMAGE")
         taken.add(name)
         apps.append(RuntimeApp(name=name, image=_image_ref(arg.image), mounts=arg.mounts))
     return Pod(apps=tuple(apps), volumes=opts.volumes), opts.name
+
+
+def _check_name(name: str | None, what: str) -> None:
+    """Pod and app names become paths, cgroup and machine names: only AC Names pass."""
+    from rktd_units.annotations import AC_NAME_RE
+
+    if name is not None and not AC_NAME_RE.match(name):
+        raise UsageError(f"{what} {name!r} is not an AC Name", hint="lower-case letters, digits and dashes")
 
 
 def _merge_volumes(base: tuple[Volume, ...], extra: tuple[Volume, ...]) -> tuple[Volume, ...]:
@@ -270,8 +281,15 @@ def _exec(app: App, arg: ImageArg | None, name: str) -> list[str]:
     return exec_
 
 
+_MANAGER_ENV = frozenset(
+    ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "INVOCATION_ID", "JOURNAL_STREAM")
+)
+
+
 def _environment(app: App, arg: ImageArg | None, opts: RunOptions, name: str, home: str) -> dict[str, str]:
-    env: dict[str, str] = dict(opts.environ) if opts.inherit_env else {}
+    env: dict[str, str] = {}
+    if opts.inherit_env:  # stage0's own environment, less what systemd meant for stage0 itself
+        env = {k: v for k, v in opts.environ.items() if k not in _MANAGER_ENV}
     env.update({e.name: e.value for e in app.environment})
     env.update({e.name: e.value for e in opts.set_env})
     if arg is not None:
@@ -592,13 +610,28 @@ def _setup_network(pod_dir: PodDir, cfg: dict[str, Any], opts: RunOptions) -> No
     )
     cfg["netns"] = result.netns_path
     for app in cfg["apps"]:
-        if result.resolv_conf is not None:
-            app["mounts"].append(
-                {"source": str(result.resolv_conf), "target": "/etc/resolv.conf", "read_only": True}
-            )
-        if result.hosts is not None and result.hosts_source in ("flags", "host"):
-            app["mounts"].append({"source": str(result.hosts), "target": "/etc/hosts", "read_only": True})
+        _network_files(app, result)
     pod_dir.write_atomic(STAGE1_CONFIG, json.dumps(cfg, indent=1, sort_keys=True).encode(), durable=False)
+
+
+def _network_files(app: dict[str, Any], result: Any) -> None:
+    """Mount the network's resolv.conf and hosts into an app, unless a volume covers the path; the
+    fallback hosts file only where the image has none (rkt's order: flags, volume, image, fallback)."""
+    from rktd_units.stage1 import resolve_in_root
+
+    taken = {m["target"] for m in app["mounts"]}
+    for target, source, wanted in (
+        ("/etc/resolv.conf", result.resolv_conf, True),
+        ("/etc/hosts", result.hosts, result.hosts_source in ("flags", "host")),
+    ):
+        if source is None or target in taken:
+            continue
+        in_image = os.path.lexists(resolve_in_root(app["lower"], target))
+        if not wanted and in_image:
+            continue
+        if app.get("read_only_rootfs") and not in_image:
+            continue  # no mount point, and none can be made in a read-only rootfs
+        app["mounts"].append({"source": str(source), "target": target, "read_only": True})
 
 
 def _port_forwards(network: Any, cfg: dict[str, Any], opts: RunOptions) -> list[Any]:

@@ -212,6 +212,52 @@ def test_reference_table_lists_every_field_once() -> None:
     )
 
 
+def test_merge_image_app_is_kubernetes_override() -> None:
+    image = App(
+        exec=("/docker-entrypoint.sh", "nginx"),
+        user="101",
+        group="101",
+        working_directory="/usr/share/nginx",
+        environment=(NameValue("PATH", "/usr/bin"), NameValue("NGINX_VERSION", "1.25")),
+        mount_points=(MountPoint("volume-cache", "/var/cache/nginx"), MountPoint("logs", "/var/log")),
+        ports=(Port("80-tcp", Protocol.TCP, 80), Port("443-tcp", Protocol.TCP, 443)),
+        isolators=(Isolator("resource/memory", {"limit": "1G"}),),
+    )
+    container = App(
+        environment=(NameValue("NGINX_VERSION", "custom"), NameValue("MODE", "prod")),
+        mount_points=(MountPoint("cache", "/var/cache/nginx", read_only=True),),
+        ports=(Port("http", Protocol.TCP, 80),),
+        isolators=(Isolator("resource/cpu", {"limit": "1"}),),
+    )
+    assert kube.merge_image_app(container, image) == App(
+        exec=("/docker-entrypoint.sh", "nginx"),
+        user="101",
+        group="101",
+        working_directory="/usr/share/nginx",
+        environment=(
+            NameValue("PATH", "/usr/bin"),
+            NameValue("NGINX_VERSION", "custom"),
+            NameValue("MODE", "prod"),
+        ),
+        mount_points=(
+            MountPoint("cache", "/var/cache/nginx", read_only=True),
+            MountPoint("logs", "/var/log"),
+        ),
+        ports=(Port("http", Protocol.TCP, 80), Port("443-tcp", Protocol.TCP, 443)),
+        isolators=(Isolator("resource/cpu", {"limit": "1"}), Isolator("resource/memory", {"limit": "1G"})),
+    )
+    explicit = App(exec=("/bin/sh",), user="1000", group="1000", working_directory="/tmp")
+    merged = kube.merge_image_app(explicit, image)
+    assert merged is not None
+    assert (merged.exec, merged.user, merged.group, merged.working_directory) == (
+        ("/bin/sh",),
+        "1000",
+        "1000",
+        "/tmp",
+    )
+    assert kube.merge_image_app(None, image) == image and kube.merge_image_app(container, None) == container
+
+
 # --- appc pods export as far as Kubernetes can express ------------------------------------------
 
 APPC_WEB = {

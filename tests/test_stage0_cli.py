@@ -105,6 +105,8 @@ def test_errors_exit_254(rktd: Rktd) -> None:
     assert both.returncode == 254 and "exclude each other" in both.stderr
     fly_multi = rktd("run", "--stage1=fly", IMG, "---", IMG)
     assert fly_multi.returncode == 254 and "exactly one app" in fly_multi.stderr
+    bad_name = rktd("run", "--net=host", IMG, "--name=../../etc")
+    assert bad_name.returncode == 254 and "not an AC Name" in bad_name.stderr
     no_exec = rktd("status", "nothere")
     assert no_exec.returncode == 254 and "no pod" in no_exec.stderr
 

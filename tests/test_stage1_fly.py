@@ -124,3 +124,23 @@ def test_fly_socket_activation(rktd: Rktd, tmp_path: Path) -> None:
     finally:
         proc.kill()
     assert out == "1 own-pid\n", out + err
+
+
+def test_fly_tells_a_notify_unit_it_is_ready(rktd: Rktd, tmp_path: Path) -> None:
+    path = tmp_path / "notify.socket"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(path))
+        notify.settimeout(20)
+        proc = rktd.start(
+            "run", "--stage1=fly", "--inherit-env", IMG, "--exec=/bin/sh", "--", "-c",
+            "echo ${NOTIFY_SOCKET:-unset}; exec sleep 600",
+            env={"NOTIFY_SOCKET": str(path)},
+        )  # fmt: skip
+        try:
+            message = notify.recv(4096)
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "unset"  # the app is not the unit's notifier
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=30)
+    assert message == b"READY=1"

@@ -639,3 +639,77 @@ def test_manifest_isolators(rktd: Rktd, flavour: str, tmp_path: Path) -> None:
     assert lines["NoNewPrivs"] == "1"
     caps = int(lines["CapBnd"], 16)
     assert caps & (1 << 0) and not caps & (1 << 21)  # CAP_CHOWN kept, CAP_SYS_ADMIN (21) removed
+
+
+@needs_nspawn
+def test_sysctls_in_the_pods_network_namespace(rktd: Rktd, tmp_path: Path) -> None:
+    manifest = {
+        "acKind": "PodManifest",
+        "acVersion": "0.8.11",
+        "apps": [
+            {
+                "name": "a",
+                "image": {"name": IMG},
+                "app": {
+                    "exec": ["/bin/cat", "/proc/sys/net/ipv4/tcp_fin_timeout"],
+                    "user": "0",
+                    "group": "0",
+                },
+            }
+        ],
+        "isolators": [{"name": "os/unix/sysctl", "value": {"net.ipv4.tcp_fin_timeout": "17"}}],
+    }
+    path = tmp_path / "sys.json"
+    path.write_text(json.dumps(manifest))
+    host_value = Path("/proc/sys/net/ipv4/tcp_fin_timeout").read_text()
+    proc = rktd("run", "--net=none", f"--pod-manifest={path}")
+    assert proc.returncode == 0, proc.stderr
+    assert app_lines(proc.stdout, "a") == ["17"]
+    assert Path("/proc/sys/net/ipv4/tcp_fin_timeout").read_text() == host_value  # the host's is untouched
+    refused = rktd("run", "--net=host", f"--pod-manifest={path}")
+    assert refused.returncode == 254 and "need a pod network namespace" in refused.stderr
+
+
+def test_init_waits_for_apps_that_support_notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An app whose image says `appc.io/executor/supports-systemd-notify` gates the pod's READY=1."""
+    from rktd_units.stage1 import init as pod_init
+
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    manager.bind(str(tmp_path / "notify"))
+    manager.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    cfg = {"uuid": "u", "apps": [{"name": "plain", "env": []}, {"name": "waits", "env": [], "notify": True}]}
+    init = pod_init.Init(cfg)
+    plain, waits = init.apps
+    assert plain.ready and not waits.ready
+    app_end, init_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    waits.notify_sock = init_end
+    init.maybe_ready()  # both apps started, but one has not said READY=1
+    with pytest.raises(BlockingIOError):
+        manager.recv(100)
+    app_end.send(b"STATUS=warming up")
+    init.on_notify(waits)
+    with pytest.raises(BlockingIOError):
+        manager.recv(100)
+    app_end.send(b"STATUS=serving\nREADY=1")
+    init.on_notify(waits)
+    assert manager.recv(100) == b"READY=1"
+    for s in (manager, app_end, init_end):
+        s.close()
+
+
+@needs_nspawn
+@pytest.mark.skipif(not Path("/usr/lib/cni/ptp").exists(), reason="CNI plugins absent")
+def test_default_network_and_its_teardown(rktd: Rktd, tmp_path: Path) -> None:
+    uuid_file = tmp_path / "uuid"
+    proc = rktd(
+        "run", "--net=default", "--dns=192.0.2.53", f"--uuid-file-save={uuid_file}", IMG,
+        "--exec=/bin/sh", "--", "-c", "ip -4 -o addr show dev eth0; cat /etc/resolv.conf",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = "\n".join(app_lines(proc.stdout))
+    assert " 172.16.28." in out and "nameserver 192.0.2.53" in out
+    uuid = uuid_file.read_text().strip()
+    assert Path(f"/run/netns/rktd-{uuid}").exists()  # kept until the pod is removed (ExecStopPost=rktd rm)
+    assert rktd("rm", f"--uuid-file={uuid_file}").returncode == 0
+    assert not Path(f"/run/netns/rktd-{uuid}").exists()

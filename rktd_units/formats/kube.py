@@ -17,7 +17,8 @@ The mapping, and the decisions where Kubernetes and appc differ:
   `$(VAR)` references in command, args and env values are expanded as Kubernetes does; dumping
   escapes every `$` as `$$`, so exports mean what the model means.
 - A container that sets nothing an appc `app` holds keeps `app` unset (the image's app runs);
-  otherwise the app's user and group are the model's default "0" unless runAsUser/runAsGroup say.
+  otherwise the app holds what the container says (user and group "0" unless runAsUser/runAsGroup
+  say), and `merge_image_app` is how it overrides the image's app, as Kubernetes means it.
 - ports: `name` defaults to PORT-PROTOCOL as docker2aci named them (`80-tcp`); port names are unique
   in the pod (containers share one network namespace, and pod ports find app ports by name);
   `hostPort` (0 = none) and `hostIP` become pod `ports[]`; on the host's network (`hostNetwork`
@@ -742,3 +743,37 @@ def dump_pod(pod: Pod, name: str) -> str:
 def load_document(doc: object) -> tuple[str, Pod]:
     """Like `load_named`, for an already parsed document (what `yaml.safe_load` returns)."""
     return _pod(doc)
+
+
+def merge_image_app(container: App | None, image: App | None) -> App | None:
+    """The app a Kubernetes container runs: its settings over its image's, as container runtimes do.
+
+    An appc pod's `app` replaces the image's; a Kubernetes container only overrides what it sets.
+    Stage0 (which alone reads images) applies this to pods read from Kubernetes YAML: no command
+    runs the image's exec; env adds to and overrides the image's; user and group "0" (unset:
+    the model cannot tell them from an explicit runAsUser 0) and an unset workingDir are the image's;
+    the image's mount points, ports and isolators stay unless the container covers them.
+    """
+    if container is None or image is None:
+        return container or image
+    env = {e.name: e.value for e in image.environment} | {e.name: e.value for e in container.environment}
+    points = {p.path for p in container.mount_points} | {p.name for p in container.mount_points}
+    ports = {(p.port, p.protocol) for p in container.ports} | {p.name for p in container.ports}
+    isolators = {i.name for i in container.isolators}
+    return App(
+        exec=container.exec or image.exec,
+        user=image.user if container.user == "0" else container.user,
+        group=image.group if container.group == "0" else container.group,
+        supplementary_gids=image.supplementary_gids,
+        working_directory=container.working_directory or image.working_directory,
+        environment=tuple(NameValue(k, v) for k, v in env.items()),
+        mount_points=(
+            *container.mount_points,
+            *(p for p in image.mount_points if not {p.path, p.name} & points),
+        ),
+        ports=(*container.ports, *(p for p in image.ports if not {(p.port, p.protocol), p.name} & ports)),
+        isolators=(*container.isolators, *(i for i in image.isolators if i.name not in isolators)),
+        event_handlers=image.event_handlers,
+        user_annotations=image.user_annotations,
+        user_labels=image.user_labels,
+    )

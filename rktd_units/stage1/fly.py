@@ -16,7 +16,14 @@ from typing import Any, NoReturn
 
 from rktd_units.errors import PodError
 from rktd_units.stage1 import STAGE2, assign_listen_fds, mount_app, setup_cgroups
-from rktd_units.stage1.init import become, bind, ensure_mountpoint, exit_status, unshare_mounts
+from rktd_units.stage1.init import (
+    become,
+    bind,
+    ensure_mountpoint,
+    exit_status,
+    sd_notify,
+    unshare_mounts,
+)
 
 
 def _host_mounts(rootfs: str) -> None:
@@ -63,6 +70,7 @@ def exec_pod(pod_path: Path, cfg: dict[str, Any]) -> NoReturn:
     _host_mounts(str(rootfs))
     _run_handlers(app, str(rootfs), cgroup_dirs)
     fds = [3 + i for i in app.get("listen_fd_indexes", [])]
+    sd_notify(b"READY=1")  # for a Type=notify unit: the app is about to start (no init to say so later)
     _reset_signals()
     become(app, str(rootfs), app["exec"], dict(app["env"]), fds=fds, cgroup_dirs=cgroup_dirs)
     raise AssertionError("exec returned")

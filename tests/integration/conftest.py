@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.aci import make_busybox_aci
-from tests.integration.machine import Machine, build_deb, build_root
+from tests.integration.machine import Machine, build_deb, build_root, sweep_stale
 from tests.integration.pods import IMAGE, Pods, usr_image
 
 
@@ -44,6 +44,7 @@ def machine_root() -> Path:
 
 @pytest.fixture(scope="session")
 def machine(machine_root: Path) -> Iterator[Machine]:
+    sweep_stale()
     m = Machine(machine_root)
     try:
         m.boot()

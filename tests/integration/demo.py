@@ -127,7 +127,11 @@ def main() -> int:
         aci = make_busybox_aci(Path(tmp) / "busybox.aci", "example.com/busybox")
         if Path("/run/systemd/system").is_dir():
             say("systemd is PID 1 here: running the demo on this host")
-            return demo(Host(), deb, aci, on_host=True)
+            if Path("/etc/rktd/pods/hello.json").exists():
+                raise SystemExit("demo: /etc/rktd/pods/hello.json exists already: not overwriting it")
+            rc = demo(Host(), deb, aci, on_host=True)
+            print("demo: the package stays installed (apt-get remove rktd-units removes it)")
+            return rc
         say("systemd is not PID 1 here: booting a disposable Debian 12 machine (systemd-nspawn -b)")
         with booted() as machine:
             print(f"booted {machine.name}", flush=True)

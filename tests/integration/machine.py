@@ -151,9 +151,10 @@ def build_root(*, force: bool = False) -> Path:
         _setup_root(tmp)
         tmp.rename(root)
         (cache / f"root-{key}.done").write_text(" ".join(sorted(PACKAGES)) + "\n")
-        # Roots for older package lists are not used any more.
+        # Roots for older package lists are not used any more (unless a running machine still has one).
+        mountinfo = Path("/proc/self/mountinfo").read_text()
         for old in cache.glob("root-*"):
-            if old.name.startswith(f"root-{key}"):
+            if old.name.startswith(f"root-{key}") or f"lowerdir={old}," in mountinfo:
                 continue
             if old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
@@ -189,6 +190,32 @@ def _mounts_under(path: Path) -> list[str]:
             if target == prefix or target.startswith(prefix + "/"):
                 out.append(target)
     return out
+
+
+def sweep_stale(min_age: float = 600.0) -> list[Path]:
+    """Unmount and remove the trees of machines whose test run died (no nspawn left running on them).
+
+    Only trees older than `min_age` seconds are looked at, so a machine another run is just booting
+    is never touched.
+    """
+    base = Path(os.environ.get("RKTD_TEST_TMP") or tempfile.gettempdir())
+    swept = []
+    cmdlines = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                cmdlines.append(Path(f"/proc/{entry}/cmdline").read_bytes())
+    for tree in base.glob("rktd-test-*.*"):
+        if not tree.is_dir() or time.time() - tree.stat().st_mtime < min_age:
+            continue
+        if any(f"--directory={tree}/root".encode() in c for c in cmdlines):
+            continue
+        for target in sorted(_mounts_under(tree), key=len, reverse=True):
+            subprocess.run(["umount", "--lazy", target], check=False)
+        if not _mounts_under(tree):
+            shutil.rmtree(tree, ignore_errors=True)
+            swept.append(tree)
+    return swept
 
 
 class Machine:
@@ -439,6 +466,8 @@ def _descendants(pid: int) -> list[int]:
 
 @contextlib.contextmanager
 def booted(timeout: float = BOOT_TIMEOUT) -> Iterator[Machine]:
+    for tree in sweep_stale():
+        _log(f"removed the remains of a dead run: {tree}")
     machine = Machine(build_root())
     try:
         machine.boot(timeout)
