@@ -492,6 +492,7 @@ class _Extractor:
         self.dirs: list[tuple[str, Member]] = []
         self.budget = policy.max_size
         self.chown = os.geteuid() == 0
+        self.owner = (os.geteuid(), os.getegid())
         self.manifest: ImageManifest | None = None
 
     def _path(self, rel: str) -> str:
@@ -584,7 +585,7 @@ class _Extractor:
             self.stream.data(m.size, sink)
             if is_manifest:
                 self.manifest = parse_manifest(b"".join(kept))
-            if self.chown:
+            if self.chown and (m.uid, m.gid) != self.owner:  # a new file is already the creator's
                 os.fchown(fd, m.uid, m.gid)
             os.fchmod(fd, m.mode & 0o7777)
             os.utime(fd, (m.mtime, m.mtime))

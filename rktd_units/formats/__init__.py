@@ -84,7 +84,20 @@ def load(path: Path, name: str) -> PodFile:
         data = path.read_bytes()
     except OSError as e:
         raise ManifestError(str(path), "", f"cannot read: {e.strerror or e}") from None
-    return PodFile(name, str(path), fmt.kind, loads(data, str(path), fmt.kind))
+    module = _module(fmt, str(path))
+    load_named = getattr(module, "load_named", None)
+    if load_named is None:
+        return PodFile(name, str(path), fmt.kind, loads(data, str(path), fmt.kind))
+    # A format that names the pod inside the file (Kubernetes metadata.name) must agree with the file name.
+    inner, pod = load_named(data, str(path))
+    if inner != name:
+        raise ManifestError(
+            str(path),
+            "metadata.name",
+            f"{inner!r} differs from the pod name {name!r} given by the file name",
+            hint=f"rename the file to {inner}{path.suffix} or set metadata.name: {name}",
+        )
+    return PodFile(name, str(path), fmt.kind, cast(Pod, pod))
 
 
 def dump(pod_file_or_pod: PodFile | Pod, kind: ManifestFormat, *, name: str | None = None) -> str:

@@ -1,8 +1,14 @@
 """Fixtures for end-to-end tests: one booted machine per session, and the package installed in it.
 
-`machine` boots a throwaway Debian 12 with systemd as PID 1 (see machine.py); `installed` is the same
-machine after `dpkg -i` of the .deb built from packaging/debian. Everything here is torn down at the end
-of the session, and the teardown fails the run if anything stays mounted.
+- `machine`: a throwaway Debian 12 with systemd as PID 1, journald, D-Bus and machined (machine.py);
+  `machine.run(argv)`, `.copy_in(src, dst)`, `.write(path, text)`, `.journal(unit)`, `.reboot()`.
+- `installed`: the same machine after `dpkg -i` of the .deb built from packaging/debian.
+- `images`: and the busybox test images fetched into its store (`example.com/busybox`, and
+  `example.com/busybox-usr` for apps that mount the machine's /usr to run python3).
+- `pods`: per test, a `Pods` helper (pods.py) that writes manifests and removes them afterwards.
+
+The machine is shared by the whole session; tests leave it as they found it. It is torn down at the
+end, and the teardown fails the run if anything stays mounted.
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ def test_2_wanted_by_starts_at_boot(pods: Pods) -> None:
     pods.m.reboot()
     pods.wait_active("pod@atboot.service", timeout=90)
     assert wait_for(lambda: pods.lines_of("pod@atboot.service", "boot") == ["up-after-boot"])
-    # Started by the boot transaction, not by anyone afterwards.
+    # Nobody started it after the reboot: the boot transaction did, because multi-user.target wants it.
     assert "multi-user.target" in pods.show("pod@atboot.service", "WantedBy")
 
 
