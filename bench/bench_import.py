@@ -2,10 +2,12 @@
 
     .venv/bin/python3 bench/bench_import.py [--sizes 50,500] [--repeat 3] [--compression none,gz]
 
-Each ACI holds incompressible files of 1 MiB plus many 4 KiB files (10% of the bytes). Reported:
-median and minimum seconds of `tar -xf` (and `tar -xf` + `sync`, since the store syncs before it commits), of
-`Store.import_aci` (hash, checks, blob copy, extraction, syncfs, commit), the ratios, and the bytes
-written when a second pod uses the already-imported image (the target is 0).
+Each ACI holds incompressible files of 1 MiB plus many 4 KiB files (10% of the bytes). Runs are
+paired (tar, then import, the order alternating) so that a noisy machine moves both; reported are the
+median seconds of `tar -xf`, of `tar -xf` + `sync` (the store syncs before it commits), of
+`Store.import_aci` (decompression, sha512, checks, extraction, skeleton, syncfs, commit), the medians
+of the per-pair ratios in wall-clock and in CPU time, and the bytes written when a second pod uses the
+already-imported image (the target is 0).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -49,10 +52,15 @@ def make_aci(path: Path, megabytes: int, compression: str) -> Path:
     return write_aci(path, entries, compression)
 
 
-def timed(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall-clock and CPU seconds (this process and its waited-for children) of fn()."""
+    r0, c0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     fn()
-    return time.monotonic() - t0
+    wall = time.monotonic() - t0
+    r1, c1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = sum(b.ru_utime + b.ru_stime - a.ru_utime - a.ru_stime for a, b in ((r0, r1), (c0, c1)))
+    return wall, cpu
 
 
 def du(path: Path) -> int:
@@ -60,25 +68,38 @@ def du(path: Path) -> int:
     return int(out.split()[0])
 
 
-def bench_one(work: Path, aci: Path, repeat: int) -> dict[str, float]:
+def bench_one(work: Path, aci: Path, repeat: int) -> dict[str, list[float]]:
+    """Paired runs (the order alternates): tar -x (then sync, timed apart) and import, same archive."""
     flags = "-xzf" if aci.suffix == ".gz" else "-xf"
-    times: dict[str, list[float]] = {"tar": [], "tar+sync": [], "import": []}
+    out: dict[str, list[float]] = {k: [] for k in ("tar", "tar+sync", "import", "tar-cpu", "import-cpu")}
     for n in range(repeat):
-        for kind in ("tar", "tar+sync", "import"):
+        for kind in ("tar", "import") if n % 2 == 0 else ("import", "tar"):
             dest = work / f"{kind}-{n}"
             dest.mkdir()
             if kind == "import":
-                t = timed(lambda dest=dest: Store(dest).import_aci(aci))  # type: ignore[misc]
+                wall, cpu = timed(lambda dest=dest: Store(dest).import_aci(aci))  # type: ignore[misc]
+                out["import"].append(wall)
+                out["import-cpu"].append(cpu)
             else:
-                sync = ["&&", "sync"] if kind == "tar+sync" else []
-                cmd = ["sh", "-c", " ".join(["tar", flags, str(aci), "-C", str(dest), *sync])]
-                t = timed(lambda cmd=cmd: subprocess.run(cmd, check=True))  # type: ignore[misc]
-            times[kind].append(t)
+                argv = ["tar", flags, str(aci), "-C", str(dest)]
+                wall, cpu = timed(lambda argv=argv: subprocess.run(argv, check=True))  # type: ignore[misc]
+                out["tar"].append(wall)
+                out["tar-cpu"].append(cpu)
+                out["tar+sync"].append(wall + timed(os.sync)[0])
             shutil.rmtree(dest)
             os.sync()
-    out = {k: statistics.median(v) for k, v in times.items()}
-    out.update({f"{k}-min": min(v) for k, v in times.items()})
     return out
+
+
+def report(label: str, r: dict[str, list[float]]) -> None:
+    med = statistics.median
+    pairs = list(zip(r["import"], r["tar"], r["tar+sync"], r["import-cpu"], r["tar-cpu"], strict=True))
+    print(
+        f"{label:<14} {med(r['tar']):7.2f} {med(r['tar+sync']):9.2f} {med(r['import']):7.2f}"
+        f" {med([i / t for i, t, _, _, _ in pairs]):7.2f} {med([i / s for i, _, s, _, _ in pairs]):10.2f}"
+        f" {med([ic / tc for _, _, _, ic, tc in pairs]):9.2f}",
+        flush=True,
+    )
 
 
 def second_pod_bytes(work: Path, aci: Path) -> tuple[int, bool]:
@@ -103,17 +124,14 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-import-", dir=args.workdir) as tmp:
         work = Path(tmp)
-        head = ("tar -x", 8), ("tar+sync", 9), ("import", 8), ("ratio", 6), ("ratio/sync", 10)
-        print(f"{'ACI (median of runs)':<20} " + " ".join(f"{h:>{w}}" for h, w in head))
+        print("seconds are medians; ratios are medians of per-pair ratios (import / tar)")
+        print(
+            f"{'ACI':<14} {'tar -x':>7} {'tar+sync':>9} {'import':>7} {'ratio':>7} {'ratio/sync':>10} {'cpu-ratio':>9}"
+        )
         for size in (int(s) for s in args.sizes.split(",")):
             for comp in args.compression.split(","):
                 aci = make_aci(work / f"bench-{size}.{'gz' if comp == 'gz' else 'tar'}", size, comp)
-                r = bench_one(work, aci, args.repeat)
-                for stat in ("", "-min"):
-                    label = f"{size} MiB {comp}" + (" (min)" if stat else "")
-                    tar, tsync, imp = r["tar" + stat], r["tar+sync" + stat], r["import" + stat]
-                    ratios = f"{imp / tar:6.2f} {imp / tsync:10.2f}"
-                    print(f"{label:<20} {tar:8.2f} {tsync:9.2f} {imp:8.2f} {ratios}", flush=True)
+                report(f"{size} MiB {comp}", bench_one(work, aci, args.repeat))
                 if comp == args.compression.split(",")[0]:
                     grown, same = second_pod_bytes(work, aci)
                     print(f"  second use of the image: {grown} bytes written, same rootfs tree: {same}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
+import shutil
 import ssl
 import sys
 import tarfile
@@ -276,8 +277,16 @@ class Fetcher:
             if found is None:
                 raise ImageError(f"{path} is not in the store and the pull policy is never")
             return found
-        trusted = self._verify(path, sig if sig.is_file() else None, str(path))
-        return self._import(path, trusted=trusted, source=str(path.resolve()))
+        if self.skip_verify or not sig.is_file():
+            trusted = self._verify(path, sig if sig.is_file() else None, str(path))
+            return self._import(path, trusted=trusted, source=str(path.resolve()))
+        # Verify and import one private copy, so that the file cannot be swapped between the two reads.
+        with tempfile.TemporaryDirectory(prefix="rktd-fetch-") as tmp:
+            copy = Path(tmp) / "image.aci"
+            with open(path, "rb") as src, open(copy, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            trusted = self._verify(copy, sig, str(path))
+            return self._import(copy, trusted=trusted, source=str(path.resolve()))
 
     def fetch_url(self, url: str, *, signature: str | None = None) -> ImageInfo:
         if self.pull_policy != "update":
