@@ -125,9 +125,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-import-", dir=args.workdir) as tmp:
         work = Path(tmp)
         print("seconds are medians; ratios are medians of per-pair ratios (import / tar)")
-        print(
-            f"{'ACI':<14} {'tar -x':>7} {'tar+sync':>9} {'import':>7} {'ratio':>7} {'ratio/sync':>10} {'cpu-ratio':>9}"
+        cols = (
+            ("tar -x", 7),
+            ("tar+sync", 9),
+            ("import", 7),
+            ("ratio", 7),
+            ("ratio/sync", 10),
+            ("cpu-ratio", 9),
         )
+        print(f"{'ACI':<14} " + " ".join(f"{c:>{w}}" for c, w in cols))
         for size in (int(s) for s in args.sizes.split(",")):
             for comp in args.compression.split(","):
                 aci = make_aci(work / f"bench-{size}.{'gz' if comp == 'gz' else 'tar'}", size, comp)

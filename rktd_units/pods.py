@@ -363,12 +363,20 @@ def remove_cgroups(pod_path: Path) -> None:
         _rmdir_cgroup(cg)
 
 
-def _rmdir_cgroup(path: Path) -> None:
-    try:
-        os.rmdir(path)
-    except OSError as e:
-        if e.errno not in (errno.ENOENT,):
-            raise PodError(f"cannot remove cgroup {path}: {e.strerror}") from None
+def _rmdir_cgroup(path: Path, wait: float = 3.0) -> None:
+    """rmdir a cgroup; a process that just died (and so just dropped the pod lock) may still be
+    leaving it for a moment (EBUSY), so retry briefly."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return
+            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise PodError(f"cannot remove cgroup {path}: {e.strerror}") from None
+        time.sleep(0.02)
 
 
 def mounts_below(path: Path) -> list[str]:

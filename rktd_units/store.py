@@ -109,23 +109,6 @@ def _rmtree(path: Path | str) -> None:
     shutil.rmtree(path, onerror=fix)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write a file under a temporary name in its directory, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
 class Store:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -203,7 +186,7 @@ class Store:
 
     def import_aci(
         self,
-        src: Path | BinaryIO,
+        src: Path | str | BinaryIO,
         *,
         trusted: bool = False,
         allow_devices: bool = False,
@@ -223,7 +206,7 @@ class Store:
         self._ensure()
         self._clean_stale()
         with self._staging() as stage:
-            if isinstance(src, Path):
+            if isinstance(src, (str, os.PathLike)):
                 try:
                     f: BinaryIO = open(src, "rb")
                 except OSError as e:
