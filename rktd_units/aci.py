@@ -1,8 +1,11 @@
 """ACI reading: compression by magic, the image ID (sha512 of the uncompressed tar), safe extraction.
 
 An ACI is a tar (plain, gzip, bzip2 or xz) holding exactly `manifest` and `rootfs/...`. Everything is
-done in one streaming pass: the raw bytes may be copied to a blob file, the decompressed bytes are
-hashed (the image ID) and counted (size limit, compression-bomb ratio), and the tar is extracted.
+done in one streaming pass: the decompressed bytes are hashed (the image ID, in a thread of its own)
+and counted (size limit, compression-bomb ratio), the tar headers are parsed here (ustar, GNU long
+names, pax; nothing else is accepted), file data goes straight to the extracted files, and every
+other byte of the tar (headers, padding) to a "skeleton", from which and the tree `write_tar` gives
+back the exact tar: the store never keeps a second copy of an image's data.
 
 Extraction is a security boundary. It writes only below a fresh directory and never follows a
 symlink: every path component is checked against what this extraction has itself created, and

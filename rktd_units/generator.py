@@ -144,29 +144,29 @@ def _describe(error: Exception, path: str) -> str:
 
 def generate(sink: Sink, log: Log) -> int:
     """Both passes over the manifest path; the number of manifests (or files) that failed."""
-    from dataclasses import replace
+    from rktd_units import formats, podpath, units
 
-    from rktd_units import podpath, units
-
-    candidates, errors = podpath.scan()
+    found, errors = podpath.scan_files()  # paths as strings: no pathlib at boot
     failed = len(errors)
     for error in errors:
         log(ERR, str(error))
-    names = podpath.all_names(candidates)
-    for candidate in candidates:
+    names = frozenset(name for name, _, _ in found)
+    for name, path, _ in found:
         try:
-            podfile = podpath.load_candidate(candidate)
+            podfile = formats.load(path, name)
             if not os.path.isabs(podfile.path):  # a relative $RKTD_PODS_PATH entry
+                from dataclasses import replace
+
                 podfile = replace(podfile, path=os.path.abspath(podfile.path))
             outputs = units.convert(podfile, names)
         except Exception as e:  # one bad manifest (or a bug) never costs the others their units
-            log(ERR, _describe(e, str(candidate.path)))
+            log(ERR, _describe(e, path))
             failed += 1
             continue
         for out in outputs:  # the whole pod converted: only now is anything written
             sink(out.path, str(out.unit) if out.unit is not None else None, out.link)
-            log(DEBUG, f"{candidate.name}: wrote {out.path}" + (f" -> {out.link}" if out.link else ""))
-    log(DEBUG, f"{len(candidates)} manifests, {failed} failed")
+            log(DEBUG, f"{name}: wrote {out.path}" + (f" -> {out.link}" if out.link else ""))
+    log(DEBUG, f"{len(found)} manifests, {failed} failed")
     return failed
 
 

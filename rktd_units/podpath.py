@@ -19,23 +19,36 @@ import os
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from rktd_units import formats
 from rktd_units.annotations import AC_NAME_RE
 from rktd_units.errors import ManifestError, PodError
 from rktd_units.model import ManifestFormat, PodFile
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+
 DEFAULT_DIRS = ("/etc/rktd/pods", "/run/rktd/pods", "/usr/lib/rktd/pods")
 ENV_PATH = "RKTD_PODS_PATH"
+# Paths are strings inside this module: pathlib (with urllib.parse and ipaddress, which it imports)
+# costs the generator a tenth of an interpreter start at every boot; the public functions that
+# return paths still return `Path`s.
+_StrPath = str | os.PathLike[str]
+
+
+def _search_dirs() -> list[str]:
+    env = os.environ.get(ENV_PATH)
+    if env:
+        return [p for p in env.split(":") if p]
+    return list(DEFAULT_DIRS)
 
 
 def search_path() -> list[Path]:
     """The manifest directories, highest priority first; `RKTD_PODS_PATH` (colon-separated) replaces them."""
-    env = os.environ.get(ENV_PATH)
-    if env:
-        return [Path(p) for p in env.split(":") if p]
-    return [Path(p) for p in DEFAULT_DIRS]
+    from pathlib import Path
+
+    return [Path(p) for p in _search_dirs()]
 
 
 @dataclass(frozen=True)
@@ -47,17 +60,14 @@ class Candidate:
     kind: ManifestFormat
 
 
-@dataclass(frozen=True)
-class Mask:
-    name: str
-    path: Path
+# What `_index` finds for one name, paths as strings: (name, path, kind) of the winning file, or
+# (name, path, None) for a mask, or the error.
+_Found = tuple[str, str, ManifestFormat | None]
+_Outcome = _Found | ManifestError
 
 
-_Outcome = Candidate | Mask | ManifestError
-
-
-def _is_mask(path: Path, st: os.stat_result) -> bool:
-    if path.is_symlink() and os.path.realpath(path) == os.devnull:
+def _is_mask(path: str, st: os.stat_result) -> bool:
+    if os.path.islink(path) and os.path.realpath(path) == os.devnull:
         return True
     return stat.S_ISREG(st.st_mode) and st.st_size == 0
 
@@ -72,71 +82,84 @@ def _mode_problem(st: os.stat_result, what: str) -> str | None:
     return None
 
 
-def _strict(path: Path, dir_st: os.stat_result, st: os.stat_result) -> ManifestError | None:
+def _strict(path: str, dir_st: os.stat_result, st: os.stat_result) -> ManifestError | None:
     problem = _mode_problem(dir_st, "its directory") or _mode_problem(st, "the manifest")
     if problem:
         return ManifestError(
-            str(path), "", f"refused: {problem}", hint=f"chmod go-w and chown root {path.parent} and {path}"
+            path, "", f"refused: {problem}", hint=f"chmod go-w and chown root {_parent(path)} and {path}"
         )
     return None
 
 
-def _entries(directory: Path) -> dict[str, list[tuple[Path, formats.Format]]] | None:
+def _parent(path: str) -> str:
+    """`str(Path(path).parent)` of a path `_as_path` made."""
+    return os.path.dirname(path) or "."
+
+
+def _as_path(path: str) -> str:
+    """`str(Path(path))`: no empty or `.` components; one leading slash, or exactly two (POSIX)."""
+    root = "//" if path.startswith("//") and not path.startswith("///") else "/" if path[:1] == "/" else ""
+    return root + "/".join(p for p in path.split("/") if p and p != ".") or "."
+
+
+def _entries(directory: str) -> dict[str, list[tuple[str, formats.Format]]] | None:
     """Manifest files of one directory grouped by stem; None if the directory does not exist."""
     try:
         names = sorted(os.listdir(directory))
     except (FileNotFoundError, NotADirectoryError):
         return None  # other OSErrors (EACCES, EIO) reach the caller, who reports them
-    out: dict[str, list[tuple[Path, formats.Format]]] = {}
+    out: dict[str, list[tuple[str, formats.Format]]] = {}
     for entry in names:
         fmt = formats.format_for(entry)
         if fmt is None or entry.startswith("."):
             continue
-        out.setdefault(entry[: -len(os.path.splitext(entry)[1])], []).append((directory / entry, fmt))
+        out.setdefault(entry[: -len(os.path.splitext(entry)[1])], []).append(
+            (os.path.join(directory, entry), fmt)
+        )
     return out
 
 
-def _decide(name: str, files: list[tuple[Path, formats.Format]], dir_st: os.stat_result) -> _Outcome:
+def _decide(name: str, files: list[tuple[str, formats.Format]], dir_st: os.stat_result) -> _Outcome:
     """What one directory says about one pod name."""
     if len(files) > 1:
-        paths = " and ".join(str(p) for p, _ in files)
+        paths = " and ".join(p for p, _ in files)
         return ManifestError(
-            str(files[0][0]), "", f"pod {name!r} is given twice in one directory: {paths}", hint="remove one"
+            files[0][0], "", f"pod {name!r} is given twice in one directory: {paths}", hint="remove one"
         )
     path, fmt = files[0]
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError as e:
-        return ManifestError(str(path), "", f"cannot read: {e.strerror or e}")
+        return ManifestError(path, "", f"cannot read: {e.strerror or e}")
     if _is_mask(path, st):
         dir_problem = _mode_problem(dir_st, "its directory")
         if dir_problem:
-            return ManifestError(str(path), "", f"refused: {dir_problem}", hint=f"chmod go-w {path.parent}")
-        return Mask(name, path)
+            return ManifestError(path, "", f"refused: {dir_problem}", hint=f"chmod go-w {_parent(path)}")
+        return (name, path, None)
     if not stat.S_ISREG(st.st_mode):
-        return ManifestError(str(path), "", "not a regular file")
-    return _strict(path, dir_st, st) or Candidate(name, path, fmt.kind)
+        return ManifestError(path, "", "not a regular file")
+    return _strict(path, dir_st, st) or (name, path, fmt.kind)
 
 
-def _index(dirs: Sequence[Path] | None) -> tuple[dict[str, _Outcome], list[ManifestError]]:
+def _index(dirs: Sequence[_StrPath] | None) -> tuple[dict[str, _Outcome], list[ManifestError]]:
     """Every pod name's outcome (first directory wins) and the errors of files that name no pod."""
     outcomes: dict[str, _Outcome] = {}
     stray: list[ManifestError] = []
-    for directory in search_path() if dirs is None else dirs:
+    for directory in (_as_path(os.fspath(d)) for d in (_search_dirs() if dirs is None else dirs)):
         try:
             groups = _entries(directory)
             if groups is None:
                 continue
-            dir_st = directory.stat()
+            dir_st = os.stat(directory)
         except OSError as e:
-            stray.append(ManifestError(str(directory), "", f"cannot read: {e.strerror or e}"))
+            stray.append(ManifestError(directory, "", f"cannot read: {e.strerror or e}"))
             continue
         for name, files in groups.items():
             if not AC_NAME_RE.match(name):
                 for path, _ in files:
                     stray.append(
                         ManifestError(
-                            str(path),
+                            path,
                             "",
                             f"{name!r} is not a pod name (an AC Name)",
                             hint="lower-case letters, digits and single dashes, e.g. my-pod.json",
@@ -151,12 +174,22 @@ def _sorted_errors(errors: Iterable[ManifestError]) -> list[ManifestError]:
     return sorted(errors, key=lambda e: (e.path or "", e.field, e.message))
 
 
+def scan_files(
+    dirs: Sequence[_StrPath] | None = None,
+) -> tuple[list[tuple[str, str, ManifestFormat]], list[ManifestError]]:
+    """`scan()` with (name, path, format) tuples and paths as strings, for the generator."""
+    outcomes, errors = _index(dirs)
+    found = [o for _, o in sorted(outcomes.items()) if isinstance(o, tuple) and o[2] is not None]
+    errors += [o for o in outcomes.values() if isinstance(o, ManifestError)]
+    return found, _sorted_errors(errors)  # type: ignore[return-value]  # o[2] is not None
+
+
 def scan(dirs: Sequence[Path] | None = None) -> tuple[list[Candidate], list[ManifestError]]:
     """First pass: the winning manifest file per pod name (sorted by name), and the files refused."""
-    outcomes, errors = _index(dirs)
-    candidates = [o for _, o in sorted(outcomes.items()) if isinstance(o, Candidate)]
-    errors += [o for o in outcomes.values() if isinstance(o, ManifestError)]
-    return candidates, _sorted_errors(errors)
+    from pathlib import Path
+
+    found, errors = scan_files(dirs)
+    return [Candidate(name, Path(path), kind) for name, path, kind in found], errors
 
 
 def all_names(candidates: Iterable[Candidate]) -> frozenset[str]:
@@ -188,13 +221,15 @@ def is_path(name_or_path: str) -> bool:
 def find(name_or_path: str, dirs: Sequence[Path] | None = None) -> PodFile:
     """The pod for `rktd run --pod-manifest=NAME|PATH`: a file (named by its stem) or a search-path name."""
     if is_path(name_or_path):
+        from pathlib import Path
+
         path = Path(name_or_path)
         name = path.name[: -len(path.suffix)] if path.suffix else path.name
         if not AC_NAME_RE.match(name):
             raise ManifestError(
                 str(path), "", f"{name!r} is not a pod name (an AC Name)", hint="rename the file"
             )
-        if path.is_dir():
+        if os.path.isdir(path):
             raise ManifestError(str(path), "", "is a directory, not a manifest file")
         try:
             masked = _is_mask(path, path.stat())
@@ -210,11 +245,12 @@ def find(name_or_path: str, dirs: Sequence[Path] | None = None) -> PodFile:
     if outcome is None:
         where = ":".join(str(d) for d in searched)
         raise PodError(f"no pod manifest named {name_or_path!r} in {where}", hint=f"add {name_or_path}.json")
-    if isinstance(outcome, Mask):
-        raise PodError(f"pod {name_or_path!r} is masked by {outcome.path}")
     if isinstance(outcome, ManifestError):
         raise outcome
-    return load_candidate(outcome)
+    _, path, kind = outcome
+    if kind is None:
+        raise PodError(f"pod {name_or_path!r} is masked by {path}")
+    return formats.load(path, name_or_path)
 
 
 def dangling_references(pod_file: PodFile, names: Iterable[str]) -> list[ManifestError]:

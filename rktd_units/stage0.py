@@ -73,6 +73,10 @@ class RunOptions:
     volumes: tuple[Volume, ...] = ()
     net: str | None = None
     dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    dns_opt: tuple[str, ...] = ()
+    dns_domain: str | None = None
+    hosts_entries: tuple[str, ...] = ()
     hostname: str | None = None
     ports: tuple[str, ...] = ()
     uuid_file_save: str | None = None
@@ -187,15 +191,18 @@ def resolve_images(pod: Pod, opts: RunOptions) -> list[Resolved]:
 
 
 def _find_image(store: Any, ref: ImageRef, opts: RunOptions) -> Any:
+    """The store's image for `ref`: a plain name is looked up here first (the fast, usual path);
+    anything else, or a name not in the store, goes to the fetcher with the pull policy."""
     if ref.id:
         return store.get(ref.id)
     assert ref.name is not None
-    if not _is_fetchable(ref.name) and not ref.is_docker:
+    plain = not _is_fetchable(ref.name) and not ref.is_docker
+    if plain and opts.pull_policy != "update":
         found = store.find(ref.name, {label.name: label.value for label in ref.labels})
         if found is not None:
             return found
-    if opts.pull_policy == "never":
-        raise ImageError(f"image {ref.name} is not in the store", hint="rktd fetch it, or allow pulling")
+        if opts.pull_policy == "never":
+            raise ImageError(f"image {ref.name} is not in the store", hint="rktd fetch it, or allow pulling")
     from rktd_units.pods import optional_module
 
     fetch = optional_module("rktd_units.fetch")
@@ -203,16 +210,11 @@ def _find_image(store: Any, ref: ImageRef, opts: RunOptions) -> Any:
         raise ImageError(f"image {ref.name} is not in the store and fetching is not available")
     from rktd_units.trust import KeyStore
 
-    name = ref.name
-    labels = ",".join(f"{lab.name}={lab.value}" for lab in ref.labels)
-    image = f"{name},{labels}" if labels and not _is_fetchable(name) else name
-    return fetch.fetch(
-        image,
-        store=store,
-        keys=KeyStore(opts.local_config, opts.system_config),
-        insecure=opts.insecure,
-        pull_policy=opts.pull_policy,
-    )
+    keys = KeyStore(opts.local_config, opts.system_config)
+    common = {"store": store, "keys": keys, "insecure": opts.insecure, "pull_policy": opts.pull_policy}
+    if ref.is_docker or plain:
+        return fetch.fetch_ref(ref, **common)
+    return fetch.fetch(ref.name, **common)  # a path or URL
 
 
 def final_manifest(resolved: Sequence[Resolved], pod: Pod) -> Pod:
@@ -253,7 +255,10 @@ def app_spec(r: Resolved, ra: RuntimeApp, pod: Pod, opts: RunOptions, pod_path: 
         ),
         "workdir": (arg and arg.working_dir) or app.working_directory or "/",
         "mounts": _mounts(r, ra, app, pod, pod_path),
-        "ports": [{"name": p.name, "port": p.port, "protocol": str(p.protocol)} for p in app.ports],
+        "ports": [
+            {"name": p.name, "port": p.port, "protocol": str(p.protocol), "socket": p.socket_activated}
+            for p in app.ports
+        ],
         "socket_ports": socket_ports,
         "notify": r.manifest.annotation(NOTIFY_ANNOTATION) == "true",
         "pre_start": [list(h.exec) for h in app.event_handlers if h.name == "pre-start"],
@@ -485,6 +490,10 @@ def prepare(opts: RunOptions, *, durable: bool = True) -> PodDir:
             "created": time.time(),
             "net": net,
             "dns": list(opts.dns or notes["rktd/dns"]),
+            "dns_search": list(opts.dns_search or notes["rktd/dns-search"]),
+            "dns_opt": list(opts.dns_opt or notes["rktd/dns-opt"]),
+            "dns_domain": opts.dns_domain,
+            "hosts_entries": list(opts.hosts_entries),
             "hostname": opts.hostname or f"rkt-{pod_dir.uuid}",
             "ports": list(opts.ports),
             "pod_ports": [{"name": p.name, "host_port": p.host_port, "ip": p.host_ip} for p in pod.ports],
@@ -588,8 +597,9 @@ def _hold_images(opts: RunOptions, cfg: dict[str, Any]) -> list[int]:
 
 def _setup_network(pod_dir: PodDir, cfg: dict[str, Any], opts: RunOptions) -> None:
     net = cfg.get("net") or "default"
-    if net in ("host", "none"):
-        return
+    dns_flags = any(cfg.get(k) for k in ("dns", "dns_search", "dns_opt", "dns_domain", "hosts_entries"))
+    if net in ("host", "none") and not dns_flags:
+        return  # the fast path: nothing to set up (nspawn makes `none` with --private-network)
     from rktd_units.pods import optional_module
 
     network = optional_module("rktd_units.network")
@@ -598,7 +608,13 @@ def _setup_network(pod_dir: PodDir, cfg: dict[str, Any], opts: RunOptions) -> No
             f"--net={net}: CNI networking is not available yet", hint="use --net=host or --net=none"
         )
     ports = _port_forwards(network, cfg, opts)
-    dns = network.DnsOptions(servers=tuple(cfg.get("dns") or ()))
+    dns = network.DnsOptions(
+        servers=tuple(cfg.get("dns") or ()),
+        search=tuple(cfg.get("dns_search") or ()),
+        options=tuple(cfg.get("dns_opt") or ()),
+        domain=cfg.get("dns_domain"),
+        hosts_entries=tuple(cfg.get("hosts_entries") or ()),
+    )
     result = network.setup(
         pod_dir.uuid,
         pod_dir.path,
@@ -646,7 +662,9 @@ def _port_forwards(network: Any, cfg: dict[str, Any], opts: RunOptions) -> list[
         out.append(network.PortForward(host_port, port["port"], port["protocol"], ip, name))
     for pp in cfg.get("pod_ports", []):
         port = app_ports.get(pp["name"])
-        if port is not None and pp["name"] not in {p.name for p in out}:
+        if port is None or port.get("socket"):
+            continue  # a socket-activated port: systemd listens on the host port and passes the fd
+        if pp["name"] not in {p.name for p in out}:
             out.append(
                 network.PortForward(pp["host_port"], port["port"], port["protocol"], pp["ip"], pp["name"])
             )

@@ -294,9 +294,13 @@ def test_safe_links_are_kept(env: tuple[Store, Path], tmp_path: Path) -> None:
         Entry("rootfs/bin/ash", "hardlink", target="rootfs/bin/busybox"),
         Entry("rootfs/run/fifo", "fifo", mode=0o600),
         Entry("rootfs/var/mail", "dir", mode=0o2775),
+        Entry("rootfs/home/user/.profile", data=b"x", uid=1000, gid=100, mode=0o600),
     ]
     info = env[0].import_aci(write_aci(tmp_path / "links.aci", entries))
     root = env[0].rootfs(info.id)
+    if os.geteuid() == 0:
+        st = (root / "home/user/.profile").stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 100, 0o600)
     assert os.readlink(root / "bin/sh") == "/bin/busybox"
     assert os.readlink(root / "usr/bin/env") == "../../bin/busybox"
     assert (root / "bin/ash").stat().st_ino == (root / "bin/busybox").stat().st_ino
@@ -347,3 +351,85 @@ def test_tar_formats(env: tuple[Store, Path], tmp_path: Path) -> None:
         path.write_bytes(tar_bytes([MANIFEST, ROOTFS, Entry(long, data=b"deep")], fmt=fmt))
         info = env[0].import_aci(path)
         assert (info.path / long).read_bytes() == b"deep"  # type: ignore[operator]
+
+
+LONG = "d" * 120
+
+
+@pytest.mark.parametrize(
+    "fmt,entry,match",
+    [
+        (tarfile.PAX_FORMAT, Entry(f"rootfs/{LONG}/../../../outside/pwned", data=b"x"), r"'\.\.'"),
+        (tarfile.PAX_FORMAT, Entry(f"/rootfs/{LONG}", data=b"x"), "absolute path"),
+        (tarfile.GNU_FORMAT, Entry(f"rootfs/{LONG}/../../x", data=b"x"), r"'\.\.'"),
+        (tarfile.GNU_FORMAT, Entry(f"/{LONG}/pwned", data=b"x"), "absolute path"),
+        (tarfile.GNU_FORMAT, Entry("rootfs/h", "hardlink", target=f"/{LONG}"), "absolute hardlink target"),
+        (tarfile.PAX_FORMAT, Entry("rootfs/l", "symlink", target=f"../{LONG}/../.."), "escapes rootfs"),
+    ],
+    ids=[
+        "pax-path-dotdot",
+        "pax-path-absolute",
+        "gnu-longname-dotdot",
+        "gnu-longname-absolute",
+        "gnu-longlink-absolute",
+        "pax-linkpath-escape",
+    ],
+)
+def test_extended_headers_are_checked_too(
+    env: tuple[Store, Path], tmp_path: Path, fmt: int, entry: Entry, match: str
+) -> None:
+    data = tar_bytes([MANIFEST, ROOTFS, entry], fmt=fmt)
+    assert b"././@LongLink" in data or b"PaxHeader" in data  # the name really is in an extended header
+    path = tmp_path / "ext.aci"
+    path.write_bytes(data)
+    store = env[0]
+    before = snapshot(store.root)
+    with pytest.raises(ImageError, match=match):
+        store.import_aci(path)
+    assert snapshot(store.root) == before and list(env[1].iterdir()) == []
+
+
+def test_damaged_headers_and_truncation(env: tuple[Store, Path], tmp_path: Path) -> None:
+    good = tar_bytes([MANIFEST, ROOTFS, Entry("rootfs/a", data=os.urandom(5000))])
+    flipped = bytearray(good)
+    flipped[1024 + 10] ^= 0x01  # a byte of the second header's name: the checksum no longer matches
+    for data, match in (
+        (bytes(flipped), "bad header checksum"),
+        (good[: 1536 + 3000], "ends in the middle of an entry"),
+        (good[: 2048 + 5120 + 100], "middle of a tar header"),
+        (good[: 2048 + 5120], "no end-of-archive marker"),
+    ):
+        path = tmp_path / "bad.aci"
+        path.write_bytes(data)
+        with pytest.raises(ImageError, match=match):
+            env[0].import_aci(path)
+    assert os.listdir(env[0].tmp_dir) == []
+
+
+def test_numbers_in_headers() -> None:
+    assert aci._num(b"0000644\0", "mode") == 0o644
+    assert aci._num(b"  755 \0", "mode") == 0o755
+    assert aci._num(b"\x80" + (8 << 30).to_bytes(11, "big"), "size") == 8 << 30  # GNU base-256
+    with pytest.raises(ImageError, match="negative"):
+        aci._num(b"\xff" * 12, "size")
+    with pytest.raises(ImageError, match="bad mode"):
+        aci._num(b"12x4\0", "mode")
+
+
+def test_global_pax_header_is_ignored(env: tuple[Store, Path], tmp_path: Path) -> None:
+    """git archive writes a global pax header (its commit ID): the image is still read."""
+    import io
+
+    buf = io.BytesIO()
+    with tarfile.open(
+        fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, pax_headers={"comment": "abc"}
+    ) as tf:
+        for e in (MANIFEST, ROOTFS):
+            ti = tarfile.TarInfo(e.path)
+            ti.type = tarfile.DIRTYPE if e.kind == "dir" else tarfile.REGTYPE
+            ti.size = len(e.data)
+            tf.addfile(ti, io.BytesIO(e.data))
+    assert b"PaxHeader" in buf.getvalue() or b"GlobalHead" in buf.getvalue()
+    path = tmp_path / "g.aci"
+    path.write_bytes(buf.getvalue())
+    assert env[0].import_aci(path).name == "example.com/hostile"

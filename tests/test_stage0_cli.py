@@ -178,3 +178,23 @@ def test_interactive_gets_a_terminal(rktd: Rktd) -> None:
     )  # fmt: skip
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert "/dev/pts/" in proc.stdout  # the app's stdin is the pod's console, not a pipe
+
+
+@needs_root
+@needs_nspawn
+def test_run_an_aci_file_through_the_fetcher(rktd: Rktd, tmp_path: Path) -> None:
+    from tests.helpers.aci import make_busybox_aci
+
+    aci = make_busybox_aci(tmp_path / "other.aci", name="example.com/other")
+    unsigned = rktd("run", "--net=host", str(aci))
+    assert unsigned.returncode == 254 and "signature" in unsigned.stderr.lower(), unsigned.stderr
+    proc = subprocess.run(
+        [*rktd.argv("run", "--net=host", str(aci), "--exec=/bin/echo", "--", "fetched")[:3],
+         f"--dir={rktd.dir}", "--insecure-options=image",
+         "run", "--net=host", str(aci), "--exec=/bin/echo", "--", "fetched"],
+        capture_output=True, text=True, timeout=60, env=rktd.env(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "app[other]: fetched" in proc.stdout
+    listing = json.loads(rktd("list", "--format=json").stdout)
+    assert [a["image_name"] for p in listing for a in p["apps"]] == ["example.com/other"]

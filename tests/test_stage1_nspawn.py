@@ -713,3 +713,70 @@ def test_default_network_and_its_teardown(rktd: Rktd, tmp_path: Path) -> None:
     assert Path(f"/run/netns/rktd-{uuid}").exists()  # kept until the pod is removed (ExecStopPost=rktd rm)
     assert rktd("rm", f"--uuid-file={uuid_file}").returncode == 0
     assert not Path(f"/run/netns/rktd-{uuid}").exists()
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_dns_flags_without_a_cni_network(rktd: Rktd, flavour: str) -> None:
+    """--dns/--dns-search/--hosts-entry (as the generator passes them) work on host and none too."""
+    net = "--net=none" if flavour == "nspawn" else "--net=host"
+    proc = rktd(
+        "run", f"--stage1={flavour}", net, "--dns=192.0.2.1", "--dns-search=example.org",
+        "--hosts-entry=192.0.2.9=db", IMG, "--exec=/bin/sh", "--", "-c", "cat /etc/resolv.conf /etc/hosts",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = app_lines(proc.stdout)
+    assert "nameserver 192.0.2.1" in lines and "search example.org" in lines
+    assert "192.0.2.9\tdb" in lines
+    assert rktd("gc", "--grace-period=0s").returncode == 0
+
+
+@needs_nspawn
+@pytest.mark.skipif(not Path("/usr/lib/cni/portmap").exists(), reason="CNI plugins absent")
+def test_port_forwarding_and_stop_undoes_it(rktd: Rktd, tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("hello from the pod\n")
+    manifest = {
+        "acKind": "PodManifest",
+        "acVersion": "0.8.11",
+        "apps": [
+            {
+                "name": "web",
+                "image": {"name": IMG},
+                "app": {
+                    "exec": ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"],
+                    "user": "0",
+                    "group": "0",
+                    "ports": [{"name": "http", "protocol": "tcp", "port": 80}],
+                },
+                "mounts": [{"volume": "www", "path": "/www"}],
+            }
+        ],
+        "volumes": [{"name": "www", "kind": "host", "source": str(www), "readOnly": True}],
+        "ports": [{"name": "http", "hostPort": port}],
+    }
+    path = tmp_path / "web.json"
+    path.write_text(json.dumps(manifest))
+    uuid_file = tmp_path / "uuid"
+    proc = rktd.start("run", "--net=default", f"--uuid-file-save={uuid_file}", f"--pod-manifest={path}")
+    uuid = rktd.wait_running(uuid_file, proc)
+    try:
+        deadline, body = time.monotonic() + 15, ""
+        while time.monotonic() < deadline and "hello" not in body:
+            with socket.socket() as c:
+                try:
+                    c.connect(("127.0.0.1", port))
+                    c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                    body = c.recv(4096).decode(errors="replace")
+                except OSError:
+                    time.sleep(0.1)
+        assert "hello from the pod" in body
+    finally:
+        assert rktd("stop", uuid).returncode == 0
+        proc.communicate(timeout=30)
+    rules = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
+    assert f"--dport {port} " not in rules and f"--dport {port}\n" not in rules  # DNAT removed
+    assert not Path(f"/run/netns/rktd-{uuid}").exists()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import cast
 
@@ -72,32 +71,32 @@ def loads(data: bytes, path: str, kind: ManifestFormat) -> Pod:
     return cast(Pod, pod)
 
 
-def load(path: Path, name: str) -> PodFile:
+def load(path: str | os.PathLike[str], name: str) -> PodFile:
     """Read and parse one manifest file into a PodFile named `name`; every problem is a ManifestError."""
+    path = os.fspath(path)  # strings, not pathlib: the generator runs at boot (STYLE.md 13)
     fmt = format_for(path)
     if fmt is None:
         known = ", ".join(SUFFIXES)
-        raise ManifestError(
-            str(path), "", "not a manifest file name", hint=f"use one of the suffixes {known}"
-        )
+        raise ManifestError(path, "", "not a manifest file name", hint=f"use one of the suffixes {known}")
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
-        raise ManifestError(str(path), "", f"cannot read: {e.strerror or e}") from None
-    module = _module(fmt, str(path))
+        raise ManifestError(path, "", f"cannot read: {e.strerror or e}") from None
+    module = _module(fmt, path)
     load_named = getattr(module, "load_named", None)
     if load_named is None:
-        return PodFile(name, str(path), fmt.kind, loads(data, str(path), fmt.kind))
+        return PodFile(name, path, fmt.kind, loads(data, path, fmt.kind))
     # A format that names the pod inside the file (Kubernetes metadata.name) must agree with the file name.
-    inner, pod = load_named(data, str(path))
+    inner, pod = load_named(data, path)
     if inner != name:
         raise ManifestError(
-            str(path),
+            path,
             "metadata.name",
             f"{inner!r} differs from the pod name {name!r} given by the file name",
-            hint=f"rename the file to {inner}{path.suffix} or set metadata.name: {name}",
+            hint=f"rename the file to {inner}{os.path.splitext(path)[1]} or set metadata.name: {name}",
         )
-    return PodFile(name, str(path), fmt.kind, cast(Pod, pod))
+    return PodFile(name, path, fmt.kind, cast(Pod, pod))
 
 
 def dump(pod_file_or_pod: PodFile | Pod, kind: ManifestFormat, *, name: str | None = None) -> str:

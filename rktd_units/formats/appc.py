@@ -27,7 +27,6 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from rktd_units import annotations as rktd_annotations
 from rktd_units.annotations import AC_NAME_RE
@@ -130,8 +129,11 @@ _ac_identifier = matching(
 )
 
 
+_semver_syntax = matching(_SEMVER_RE, "a semantic version", "e.g. 0.8.11")
+
+
 def _semver(value: object, field: str) -> str:
-    s: str = matching(_SEMVER_RE, "a semantic version", "e.g. 0.8.11")(value, field)
+    s: str = _semver_syntax(value, field)
     if s.split("+")[0].split("-")[0] == "0.0.0":
         raise fail(field, "must not be 0.0.0", f"e.g. {AC_VERSION}")
     if not s.startswith("0."):
@@ -171,10 +173,7 @@ def _ip(value: object, field: str) -> str:
     return s
 
 
-def _env_name(value: object, field: str) -> str:
-    return str(
-        matching(_ENV_NAME_RE, "an environment variable name", "letters, digits, _ . -")(value, field)
-    )
+_env_name = matching(_ENV_NAME_RE, "an environment variable name", "letters, digits, _ . -")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,10 +182,10 @@ def _env_name(value: object, field: str) -> str:
 
 def _name_values(name: Parser, *, what: str) -> Callable[[object, str], tuple[NameValue, ...]]:
     keys = (Key("name", "name", name, required=True), Key("value", "value", string, required=True))
-    item = object_of(NameValue, keys)
+    items_of = list_of(object_of(NameValue, keys))
 
     def parse(value: object, field: str) -> tuple[NameValue, ...]:
-        items = list_of(item)(value, field)
+        items = items_of(value, field)
         unique(items, lambda nv: nv.name, field, "name", f"{what} name")
         return items
 
@@ -197,8 +196,12 @@ def _dump_name_values(values: tuple[NameValue, ...]) -> list[dict[str, str]]:
     return [{"name": nv.name, "value": nv.value} for nv in values]
 
 
+_label_list = _name_values(_ac_identifier, what="label")
+_annotation_list = _name_values(_ac_identifier, what="annotation")
+
+
 def _labels(value: object, field: str) -> tuple[NameValue, ...]:
-    labels = _name_values(_ac_identifier, what="label")(value, field)
+    labels = _label_list(value, field)
     by_name = {}
     for i, nv in enumerate(labels):
         if nv.name == "name":
@@ -226,12 +229,14 @@ def _labels(value: object, field: str) -> tuple[NameValue, ...]:
 
 
 def _annotations(value: object, field: str) -> tuple[NameValue, ...]:
-    items = _name_values(_ac_identifier, what="annotation")(value, field)
+    items = _annotation_list(value, field)
     for i, nv in enumerate(items):
         where = f"{field}[{i}].value"
         if nv.name == "created":
             _rfc3339(nv.value, where)
         elif nv.name in ("homepage", "documentation"):
+            from urllib.parse import urlsplit  # (with ipaddress) only for these annotations: STYLE.md 13
+
             try:
                 scheme = urlsplit(nv.value).scheme
             except ValueError:
@@ -256,8 +261,7 @@ def _rfc3339(value: str, field: str) -> None:
         raise fail(field, f"{value!r} is not an RFC 3339 date", "e.g. 2026-01-31T12:00:00Z") from None
 
 
-def _environment(value: object, field: str) -> tuple[NameValue, ...]:
-    return _name_values(_env_name, what="environment variable")(value, field)
+_environment = _name_values(_env_name, what="environment variable")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,8 +411,11 @@ def _isolator(value: object, field: str) -> Isolator:
     return Isolator(kind.name, kind.parse(m["value"], join(field, "value")))
 
 
+_isolator_list = list_of(_isolator)
+
+
 def _isolators(value: object, field: str) -> tuple[Isolator, ...]:
-    items = list_of(_isolator)(value, field)
+    items = _isolator_list(value, field)
     seen: set[str] = set()
     for i, iso in enumerate(items):
         kind = ISOLATOR_BY_NAME[iso.name]
@@ -438,8 +445,11 @@ def _event_name(value: object, field: str) -> str:
     return s
 
 
+_strings = list_of(string)
+
+
 def _exec(value: object, field: str) -> tuple[str, ...]:
-    argv = list_of(string)(value, field)
+    argv = _strings(value, field)
     if argv and not argv[0]:
         raise fail(f"{field}[0]", "the program must not be empty")
     return argv

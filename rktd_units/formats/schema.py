@@ -99,10 +99,11 @@ def string(value: object, field: str) -> str:
         raise fail(field, f"must be a string, not {describe(value)}")
     if "\x00" in value:
         raise fail(field, "must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise fail(field, "must be valid Unicode (unpaired surrogate)") from None
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise fail(field, "must be valid Unicode (unpaired surrogate)") from None
     return value
 
 
@@ -205,30 +206,53 @@ class Key:
     always: bool = False  # dump even when the value is the model's default
 
 
+class _Table:
+    """What `members()` derives from a key table, once per table: keys by case-folded name, each
+    key's field-path component, and the required keys."""
+
+    __slots__ = ("by_fold", "keys", "required")
+
+    def __init__(self, keys: Sequence[Key]) -> None:
+        self.keys = keys  # held, so that the id() it is cached under is never reused
+        self.by_fold = {k.name.lower(): (k, shown(k.name)) for k in keys}
+        self.required = tuple(k for k in keys if k.required)
+
+
+_TABLES: dict[int, _Table] = {}  # by id(): key tables are module constants
+
+
+def _table(keys: Sequence[Key]) -> _Table:
+    table = _TABLES.get(id(keys))
+    if table is None or table.keys is not keys:
+        table = _TABLES[id(keys)] = _Table(keys)
+    return table
+
+
 def members(value: object, field: str, keys: Sequence[Key]) -> dict[str, Any]:
     """Parse a JSON object by its key table into {attr: value}; keys match case-insensitively."""
     if not isinstance(value, dict):
         raise fail(field, f"must be an object, not {describe(value)}")
     check_dups(value, field)
-    by_fold = {k.name.lower(): k for k in keys}
+    by_fold = _table(keys).by_fold
     seen: dict[str, str] = {}
     present: set[str] = set()
     out: dict[str, Any] = {}
     for raw, v in value.items():
-        key = by_fold.get(raw.lower()) if raw.isascii() else None
-        if key is None:
+        found = by_fold.get(raw.lower()) if raw.isascii() else None
+        if found is None:
             raise fail(join(field, raw), "unknown key", _known(raw, keys))
+        key, name = found
         if key.name in seen:
             raise fail(join(field, raw), f"duplicate key (also given as {seen[key.name]!r})")
         seen[key.name] = raw
         if v is None:
             continue  # rkt wrote `null` for empty lists: the same as absent
         present.add(key.name)
-        parsed = key.parse(v, join(field, key.name))
+        parsed = key.parse(v, f"{field}.{name}" if field else name)
         if key.attr:
             out[key.attr] = parsed
-    for key in keys:
-        if key.required and key.name not in present:
+    for key in _table(keys).required:
+        if key.name not in present:
             raise fail(join(field, key.name), "is required")
     return out
 

@@ -166,24 +166,39 @@ def _limits(app: dict[str, Any]) -> dict[str, dict[str, str]]:
     return out
 
 
+def _v2_limits(app: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    if app.get("memory"):
+        out["memory.max"] = str(app["memory"])
+    if app.get("cpu_millis"):
+        out["cpu.max"] = f"{max(1000, app['cpu_millis'] * 100)} 100000"
+    return out
+
+
 def setup_cgroups(pod_path: Path, cfg: dict[str, Any]) -> dict[str, str]:
     """Create per-app cgroups with the apps' limits; returns controller -> the pod's cgroup dir.
 
-    Each limited app's spec gets `cgroups: {controller: path relative to the pod's dir}`. Where no
-    cgroup v1 hierarchy for a controller is writable, the limit is left to the unit, with a notice.
+    Each limited app's spec gets `cgroups: {controller: path relative to the pod's dir}`. On a
+    cgroup v2-only host (systemd with `Delegate=yes`), the nspawn flavour's init makes the per-app
+    cgroups inside the pod's delegated subtree instead (`cgroup_v2` in the app's spec); fly leaves
+    the limits to the unit, with a notice.
     """
     wanted = {app["name"]: _limits(app) for app in cfg["apps"]}
     controllers = sorted({c for lim in wanted.values() for c in lim})
     if not controllers:
         return {}
     mounts = _v1_mounts()
+    if not mounts and os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        for app in cfg["apps"]:
+            if _v2_limits(app):
+                app["cgroup_v2"] = _v2_limits(app)
+        if cfg.get("stage1") == "fly":
+            notice("fly: memory/CPU limits are the unit's (MemoryMax=/CPUQuota=) on a cgroup v2 host")
+        return {}
     pod_dirs: dict[str, str] = {}
     for controller in controllers:
         if controller not in mounts:
-            notice(
-                f"{controller} limits not enforced by stage1 (no cgroup v1 {controller} hierarchy); "
-                "the unit's MemoryMax=/CPUQuota= enforce them under systemd"
-            )
+            notice(f"{controller} limits not enforced by stage1 (no cgroup v1 {controller} hierarchy)")
             continue
         base = os.path.join(mounts[controller], _own_v1_path(controller).lstrip("/"))
         pod_dirs[controller] = os.path.join(base, f"rktd-{cfg['uuid']}")

@@ -188,6 +188,7 @@ def journal_datagram(fields: list[tuple[str, bytes]]) -> bytes:
 # -- the init ------------------------------------------------------------------------------------------
 
 CONFIG = "/rktd/init.cfg"
+V2_ROOT = "/sys/fs/cgroup"
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 MAX_LINE = 48 * 1024
 
@@ -330,7 +331,7 @@ class Init:
         env = dict(app.spec["env"])
         if main and app.spec.get("notify"):
             env["NOTIFY_SOCKET"] = "@rktd-notify-" + app.name
-        cgroup_dirs = {c: f"/cgroup/{c}" for c in app.spec.get("cgroups", {})}
+        cgroup_dirs = {c: V2_ROOT if c == "unified" else f"/cgroup/{c}" for c in app.spec.get("cgroups", {})}
         become(app.spec, app.rootfs, argv, env, fds=fds, cgroup_dirs=cgroup_dirs)
 
     def run_handler(self, app: App, event: str) -> int:
@@ -373,7 +374,32 @@ class Init:
                 return 1
         return 0
 
+    def setup_cgroup_v2(self) -> None:
+        """Per-app cgroups in the pod's own cgroup v2 subtree (nspawn gives the container its
+        delegated part of the unit's cgroup): the init moves itself to a leaf, enables the
+        controllers below the pod's root, and each limited app gets `<root>/<app>` with its limits."""
+        limited = [a for a in self.apps if a.spec.get("cgroup_v2")]
+        if not limited:
+            return
+        need = sorted({key.split(".")[0] for a in limited for key in a.spec["cgroup_v2"]})
+        try:
+            with open(f"{V2_ROOT}/cgroup.controllers") as f:
+                missing = set(need) - set(f.read().split())
+            if missing:
+                raise OSError(errno.ENOTSUP, f"controllers {', '.join(sorted(missing))} not delegated")
+            os.makedirs(f"{V2_ROOT}/rktd-init", exist_ok=True)
+            _write(f"{V2_ROOT}/rktd-init/cgroup.procs", "0")
+            _write(f"{V2_ROOT}/cgroup.subtree_control", " ".join(f"+{c}" for c in need))
+            for app in limited:
+                os.makedirs(f"{V2_ROOT}/{app.name}", exist_ok=True)
+                for key, value in app.spec["cgroup_v2"].items():
+                    _write(f"{V2_ROOT}/{app.name}/{key}", value)
+                app.spec.setdefault("cgroups", {})["unified"] = app.name
+        except OSError as e:
+            self.log(f"memory/CPU limits not enforced: cgroup v2: {e} (the unit's limits still apply)")
+
     def start(self) -> None:
+        self.setup_cgroup_v2()
         if self.apply_sysctls():
             self.failed = 1
             return
@@ -444,7 +470,7 @@ class Init:
         self.run_handler(app, "post_stop")
         for controller, path in app.spec.get("cgroups", {}).items():
             try:
-                os.rmdir(f"/cgroup/{controller}/{path}")
+                os.rmdir(f"{V2_ROOT if controller == 'unified' else '/cgroup/' + controller}/{path}")
             except OSError:
                 pass  # processes the app left behind; gc removes it
         if code != 0 and not self.stopping:
@@ -500,6 +526,11 @@ class Init:
             if app.status not in stopped:
                 return app.status or 0
         return 0
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
 
 
 def _drain(fd: int) -> None:
