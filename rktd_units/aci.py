@@ -224,7 +224,10 @@ class _Stream:
         self._pos = 0
 
     def _raw(self, n: int) -> bytes:
-        data = self.src.read(n)
+        try:
+            data = self.src.read(n)
+        except OSError as e:
+            raise ImageError(f"cannot read the image: {e}") from None
         if data:
             self.raw_size += len(data)
             if self.progress is not None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from rktd_units.errors import ManifestError
+from rktd_units.frozen import frozen
 
 PREFIX = "rktd/"
 
@@ -70,8 +70,10 @@ def _net(value: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
+@frozen
 class Annotation:
+    """One `rktd/` annotation: its parser, default, and the help text derived from it."""
+
     name: str
     parse: Callable[[str], Any]
     default: Any

@@ -162,6 +162,15 @@ render = _extract_command(
 )
 
 
+@image.command("cat-manifest")
+@click.argument("image_id")
+@click.pass_context
+def cat_manifest(ctx: click.Context, image_id: str) -> None:
+    """Print the image's manifest as stored."""
+    store = _store(ctx)
+    click.echo((store.image_dir(image_id) / "manifest").read_text(), nl=False)
+
+
 @image.command("gc")
 @click.option(
     "--grace-period",

@@ -1,24 +1,28 @@
-"""`@frozen`: `@dataclass(frozen=True)` with the methods compiled ahead of time.
+"""`@frozen`: `@dataclass(frozen=True)`, made without running `dataclasses` at import.
 
-`dataclasses` writes every class's `__init__`, `__repr__`, `__eq__`, `__hash__`, `__setattr__` and
-`__delattr__` as source text and exec()s it at import: about 0.4 ms a class on Python 3.11, and
-`import dataclasses` (which imports `inspect`, `ast`, `dis`, `tokenize`) costs half an interpreter
-start more. rktd-generator runs at every boot and daemon-reload and imports some twenty such
-classes (the model and the tables), so the methods are generated once, by the same rules, into
-`rktd_units/_compiled_dataclasses.py` (`python3 -m rktd_units.frozen` rewrites it; the tests fail
-while it is stale and check every class against what `dataclasses` itself makes).
+`dataclasses` writes every class's methods as source text and exec()s it: about 0.4 ms a class on
+Python 3.11, and `import dataclasses` (with `inspect`, `ast`, `dis`, `tokenize`) costs half an
+interpreter start more. rktd-generator runs at every boot and daemon-reload and imports some twenty
+such classes (the model and the tables), so here:
 
-A class decorated `@frozen` is a dataclass in every respect: `dataclasses.fields()`, `replace()`,
-`asdict()` and `is_dataclass()` work, because `__dataclass_fields__` and `__dataclass_params__` are
-made by `dataclasses` itself the first time anything asks for them. A class whose compiled entry is
-missing or stale (a field added, renamed, retyped, given or losing a default) is simply made by
-`dataclasses`, as it would be without this module. Supported: plain fields, defaults and
-`field(default_factory=...)`; anything else (ClassVar, InitVar, KW_ONLY, other `field()` options,
-methods of the class that dataclasses would replace) falls back to `dataclasses`.
+- `__init__` comes precompiled from `rktd_units/_compiled_dataclasses.py`, written by the same rules
+  by `python3 -m rktd_units.frozen` (the tests fail while it is stale);
+- `__repr__`, `__eq__`, `__hash__`, `__setattr__` and `__delattr__` are the same few lines for
+  every class, closed over its field names;
+- `__dataclass_fields__` and `__dataclass_params__` are made by `dataclasses` itself the first time
+  anything asks (`dataclasses.fields()`, `replace()`, `asdict()`, `is_dataclass()`).
+
+The tests check every such class against what `dataclasses.dataclass(frozen=True)` makes of the
+same declaration: fields, `__init__` signature, `__match_args__`, repr, equality, hash, frozenness.
+A class this module does not handle, or whose compiled `__init__` is missing or stale (a field added,
+renamed, retyped, given or losing a default), is made by `dataclasses`, as without this module.
+Handled: a class with a docstring, no base class and no methods of its own that dataclasses would
+write, whose fields are plain, with defaults or with `field(default_factory=...)`.
 """
 
 from __future__ import annotations
 
+import operator
 import sys
 
 TYPE_CHECKING = False
@@ -39,17 +43,26 @@ else:
         return _Factory(default_factory)
 
     def frozen(cls):
-        """`@dataclass(frozen=True)`, from the compiled methods when they are up to date."""
+        """`@dataclass(frozen=True)`, with the compiled `__init__` when it is up to date."""
         spec = _spec(cls)
-        make = _compiled().get(f"{cls.__module__}.{cls.__qualname__}") if spec is not None else None
-        if make is None or make[0] != spec:
+        if spec is None:
             return _by_dataclasses(cls)
-        _install(cls, spec, make[1], make[2])
+        qualname = f"{cls.__module__}.{cls.__qualname__}"
+        SPECS[qualname] = spec
+        compiled = _compiled().get(qualname)
+        if compiled is None or compiled[0] != spec:
+            return _by_dataclasses(cls)
+        _install(cls, spec, compiled[1])
         return cls
 
 
-_METHODS = ("__init__", "__repr__", "__eq__", "__hash__", "__setattr__", "__delattr__")
+_METHODS = ("__init__", "__repr__", "__eq__", "__hash__", "__setattr__", "__delattr__", "__match_args__")
 _UNSUPPORTED = ("ClassVar", "InitVar", "KW_ONLY", "typing.", "dataclasses.")
+_RESERVED = ("self", "_set", "_dflt", "_factory")  # names the compiled __init__ uses itself
+
+# One field: (name, annotation text, "required" | "default" | "factory").
+Spec = tuple[tuple[str, str, str], ...]
+SPECS: dict[str, Spec] = {}  # every class this module handles, by module.qualname, for build()
 
 
 class _Factory:
@@ -59,8 +72,8 @@ class _Factory:
         self.factory = factory
 
 
-class _FactorySentinel:
-    """The default that a `default_factory` field shows in the `__init__` signature (as dataclasses)."""
+class _FactoryDefault:
+    """The default a `default_factory` field shows in the `__init__` signature, as in dataclasses."""
 
     __slots__ = ()
 
@@ -68,45 +81,36 @@ class _FactorySentinel:
         return "<factory>"
 
 
-FACTORY = _FactorySentinel()
-
-# One field: (name, annotation text, "required" | "default" | "factory").
-Spec = tuple[tuple[str, str, str], ...]
+FACTORY = _FactoryDefault()
 
 
 def _spec(cls: type) -> Spec | None:
-    """The fields as `dataclasses` would read them, or None if this module does not handle the class."""
-    if any(m in cls.__dict__ for m in (*_METHODS, "__slots__", "__match_args__")) or cls.__bases__ != (object,):
+    """The fields as `dataclasses` reads them, or None if this module does not handle the class."""
+    if cls.__doc__ is None or cls.__bases__ != (object,) or any(m in cls.__dict__ for m in _METHODS):
         return None
     out = []
-    for name, annotation in cls.__dict__.get("__annotations__", {}).items():
-        if not isinstance(annotation, str) or annotation.startswith(_UNSUPPORTED):
+    for name, annotation in cls.__dict__.get("__annotations__", {}).items():  # noqa: RUF063 (no inspect)
+        if not isinstance(annotation, str) or annotation.startswith(_UNSUPPORTED) or name in _RESERVED:
             return None
-        value = cls.__dict__.get(name, _Factory)  # _Factory (the class): no default
+        value = cls.__dict__.get(name, _Factory)  # the class _Factory: no default
         if value is _Factory:
             kind = "required"
         elif isinstance(value, _Factory):
             kind = "factory"
-        elif type(value).__name__ == "Field" or isinstance(value, (list, dict, set)):
-            return None  # dataclasses.field(), or a mutable default dataclasses refuses
+        elif type(value).__name__ == "Field" or isinstance(value, list | dict | set):
+            return None  # dataclasses.field(), or a mutable default that dataclasses refuses
         else:
             kind = "default"
         out.append((name, annotation, kind))
     return tuple(out)
 
 
-def _compiled() -> dict[str, tuple[Spec, str, Callable[..., dict[str, Any]]]]:
+def _compiled() -> dict[str, tuple[Spec, Callable[..., Callable[..., None]]]]:
     try:
         from rktd_units._compiled_dataclasses import CLASSES
     except ImportError:  # the first build
         return {}
     return CLASSES
-
-
-def _frozen_error(name: str, what: str) -> Exception:
-    from dataclasses import FrozenInstanceError
-
-    return FrozenInstanceError(f"cannot {what} field {name!r}")
 
 
 def _by_dataclasses(cls: type) -> type:
@@ -118,9 +122,16 @@ def _by_dataclasses(cls: type) -> type:
     return dataclasses.dataclass(frozen=True)(cls)
 
 
-def _install(cls: type, spec: Spec, doc: str, make: Callable[..., dict[str, Any]]) -> None:
+def _frozen_error(name: str, what: str) -> Exception:
+    from dataclasses import FrozenInstanceError
+
+    return FrozenInstanceError(f"cannot {what} field {name!r}")
+
+
+def _install(cls: type, spec: Spec, make_init: Callable[..., Callable[..., None]]) -> None:
     import reprlib
 
+    names = tuple(name for name, _, _ in spec)
     defaults: dict[str, Any] = {}
     factories: dict[str, Callable[[], Any]] = {}
     for name, _, kind in spec:
@@ -128,45 +139,170 @@ def _install(cls: type, spec: Spec, doc: str, make: Callable[..., dict[str, Any]
             defaults[name] = cls.__dict__[name]
         elif kind == "factory":
             defaults[name] = factories[name] = cls.__dict__[name].factory
-            delattr(cls, name)  # as dataclasses: a field without a plain default has no class attribute
-    methods = make(cls, defaults, _frozen_error, FACTORY)
-    methods["__repr__"] = reprlib.recursive_repr()(methods["__repr__"])
+            delattr(cls, name)  # as dataclasses: only plain defaults stay class attributes
+    key: Callable[[object], tuple[Any, ...]]
+    if len(names) > 1:
+        key = operator.attrgetter(*names)
+    else:
+        key = lambda obj: tuple(getattr(obj, n) for n in names)  # noqa: E731
+
+    def __repr__(self: object) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
+        return f"{self.__class__.__qualname__}({fields})"
+
+    def __eq__(self: object, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return bool(key(self) == key(other))
+        return NotImplemented
+
+    def __hash__(self: object) -> int:
+        return hash(key(self))
+
+    def __setattr__(self: object, name: str, value: object) -> None:
+        if type(self) is cls or name in names:
+            raise _frozen_error(name, "assign to")
+        super(cls, self).__setattr__(name, value)
+
+    def __delattr__(self: object, name: str) -> None:
+        if type(self) is cls or name in names:
+            raise _frozen_error(name, "delete")
+        super(cls, self).__delattr__(name)
+
+    methods = {
+        "__init__": make_init(defaults, object.__setattr__, FACTORY),
+        "__repr__": reprlib.recursive_repr()(__repr__),
+        "__eq__": __eq__,
+        "__hash__": __hash__,
+        "__setattr__": __setattr__,
+        "__delattr__": __delattr__,
+    }
     for name, fn in methods.items():
         fn.__qualname__ = f"{cls.__qualname__}.{name}"
         fn.__module__ = cls.__module__
         setattr(cls, name, fn)
-    setattr(cls, "__match_args__", tuple(name for name, _, _ in spec))
-    if cls.__doc__ is None:
-        cls.__doc__ = doc
-    setattr(cls, "__dataclass_fields__", _FromDataclasses(spec, factories))
-    setattr(cls, "__dataclass_params__", _FromDataclasses(spec, factories))
+    cls.__match_args__ = names
+    for attr in ("__dataclass_fields__", "__dataclass_params__"):
+        setattr(cls, attr, _FromDataclasses(attr, factories))
 
 
 class _FromDataclasses:
-    """`__dataclass_fields__` and `__dataclass_params__`, made by `dataclasses` on first access from a
+    """`__dataclass_fields__` or `__dataclass_params__`, made by `dataclasses` on first access from a
     copy of the class's declaration, so that they are exactly what `dataclasses` makes."""
 
-    def __init__(self, spec: Spec, factories: dict[str, Callable[[], Any]]) -> None:
-        self.spec, self.factories, self.name = spec, factories, ""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
+    def __init__(self, attr: str, factories: dict[str, Callable[[], Any]]) -> None:
+        self.attr, self.factories = attr, factories
 
     def __get__(self, obj: object, owner: type) -> Any:
         import dataclasses
 
+        annotations = owner.__dict__["__annotations__"]  # noqa: RUF063 (as dataclasses reads them)
         ns: dict[str, Any] = {
             "__module__": owner.__module__,
             "__qualname__": owner.__qualname__,
             "__doc__": owner.__doc__,
-            "__annotations__": owner.__dict__["__annotations__"],
+            "__annotations__": annotations,
         }
-        for name, _, kind in self.spec:
-            if kind == "default":
-                ns[name] = owner.__dict__[name]
-            elif kind == "factory":
+        for name in annotations:
+            if name in self.factories:
                 ns[name] = dataclasses.field(default_factory=self.factories[name])
+            elif name in owner.__dict__:
+                ns[name] = owner.__dict__[name]
         shadow = dataclasses.dataclass(frozen=True)(type(owner.__name__, (), ns))
         for attr in ("__dataclass_fields__", "__dataclass_params__"):
             setattr(owner, attr, getattr(shadow, attr))
-        return getattr(owner, self.name)
+        return getattr(owner, self.attr)
+
+
+# -- Writing rktd_units/_compiled_dataclasses.py ---------------------------------------------------
+
+MODULES = (
+    "rktd_units.model",
+    "rktd_units.annotations",
+    "rktd_units.formats",
+    "rktd_units.formats.schema",
+    "rktd_units.formats.appc",
+    "rktd_units.podpath",
+)
+HEADER = '''"""Generated by `python3 -m rktd_units.frozen` (see frozen.py): do not edit.
+
+For each `@frozen` class: its fields, and a function making the `__init__` that
+`dataclasses.dataclass(frozen=True)` would write for them.
+"""
+
+# mypy: ignore-errors
+'''
+
+
+def _q(text: str) -> str:
+    """A string literal as ruff format writes it (the names and annotations here need no escapes)."""
+    if not text.isprintable() or '"' in text or "\\" in text:
+        raise ValueError(f"cannot write {text!r}")
+    return f'"{text}"'
+
+
+def _init_source(qualname: str, spec: Spec) -> list[str]:
+    params = ["self"]
+    body = []
+    for name, _, kind in spec:
+        if kind == "required":
+            params.append(name)
+            body.append(f"        _set(self, {_q(name)}, {name})")
+        elif kind == "default":
+            params.append(f"{name}=_dflt[{_q(name)}]")
+            body.append(f"        _set(self, {_q(name)}, {name})")
+        else:
+            params.append(f"{name}=_factory")
+            body.append(
+                f"        _set(self, {_q(name)}, _dflt[{_q(name)}]() if {name} is _factory else {name})"
+            )
+    annotations = [f"        {_q(name)}: {_q(annotation)}," for name, annotation, _ in spec]
+    return [
+        f"def {qualname.replace('.', '_')}(_dflt, _set, _factory):",
+        "    def __init__(",
+        *(f"        {p}," for p in params),
+        "    ):",
+        *(body or ["        pass"]),
+        "",
+        "    __init__.__annotations__ = {",
+        *annotations,
+        '        "return": None,',
+        "    }",
+        "    return __init__",
+    ]
+
+
+def build(modules: tuple[str, ...] = MODULES) -> str:
+    """The text of `_compiled_dataclasses.py` for every `@frozen` class of `modules`."""
+    import importlib
+
+    for module_name in modules:
+        importlib.import_module(module_name)
+    functions: list[str] = []
+    entries: list[str] = []
+    for qualname, spec in sorted(SPECS.items()):
+        if not qualname.startswith(tuple(f"{m}." for m in modules)):
+            continue
+        functions += ["", "", *_init_source(qualname, spec)]
+        entries += [
+            f"    {_q(qualname)}: (",
+            "        (",
+            *(f"            ({', '.join(_q(part) for part in field)})," for field in spec),
+            "        ),",
+            f"        {qualname.replace('.', '_')},",
+            "    ),",
+        ]
+    return "\n".join([HEADER.rstrip("\n"), *functions, "", "", "CLASSES = {", *entries, "}", ""])
+
+
+if __name__ == "__main__":
+    import os
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from rktd_units.frozen import build as build_text  # the module the package imports, not __main__
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_compiled_dataclasses.py")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(build_text())
+    os.replace(tmp, path)
+    print(path)

@@ -8,8 +8,12 @@ and stage0 read only this model.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Any
+
+from rktd_units.frozen import field, frozen
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Protocol(enum.StrEnum):
@@ -27,7 +31,7 @@ class ManifestFormat(enum.StrEnum):
     KUBERNETES = "kubernetes"
 
 
-@dataclass(frozen=True)
+@frozen
 class NameValue:
     """appc Label, Annotation or environment variable."""
 
@@ -35,7 +39,7 @@ class NameValue:
     value: str
 
 
-@dataclass(frozen=True)
+@frozen
 class Isolator:
     """An appc isolator; `value` is the JSON value, already checked for its name's shape."""
 
@@ -43,7 +47,7 @@ class Isolator:
     value: Any
 
 
-@dataclass(frozen=True)
+@frozen
 class Port:
     """A port an app listens on (appc `app.ports[]`)."""
 
@@ -54,20 +58,24 @@ class Port:
     socket_activated: bool = False
 
 
-@dataclass(frozen=True)
+@frozen
 class MountPoint:
+    """Where an app expects a volume (appc `app.mountPoints[]`)."""
+
     name: str
     path: str
     read_only: bool = False
 
 
-@dataclass(frozen=True)
+@frozen
 class EventHandler:
+    """A command run before the app starts or after it stops (appc `app.eventHandlers[]`)."""
+
     name: str  # "pre-start" or "post-stop"
     exec: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class App:
     """appc App: what runs, as whom, with what."""
 
@@ -85,7 +93,7 @@ class App:
     user_labels: tuple[NameValue, ...] = ()
 
 
-@dataclass(frozen=True)
+@frozen
 class ImageRef:
     """Which image an app runs. `name` is an AC Identifier, or a `docker://` reference (rktd extension)."""
 
@@ -98,8 +106,10 @@ class ImageRef:
         return bool(self.name and self.name.startswith("docker://"))
 
 
-@dataclass(frozen=True)
+@frozen
 class Volume:
+    """A pod volume (appc `volumes[]`): a host directory or an empty one."""
+
     name: str
     kind: VolumeKind
     source: str | None = None  # host volumes only
@@ -110,7 +120,7 @@ class Volume:
     gid: int | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class Mount:
     """Mount a pod volume into an app at `path` (appc `apps[].mounts[]`)."""
 
@@ -119,8 +129,10 @@ class Mount:
     app_volume: Volume | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class RuntimeApp:
+    """One app of a pod (appc `apps[]`): its name, image, and what overrides the image's app."""
+
     name: str
     image: ImageRef
     app: App | None = None
@@ -129,7 +141,7 @@ class RuntimeApp:
     annotations: tuple[NameValue, ...] = ()
 
 
-@dataclass(frozen=True)
+@frozen
 class PodPort:
     """Maps an app port (by name) to a host port."""
 
@@ -138,7 +150,7 @@ class PodPort:
     host_ip: str | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class Pod:
     """An appc PodManifest."""
 
@@ -174,7 +186,7 @@ class Pod:
         return out
 
 
-@dataclass(frozen=True)
+@frozen
 class PodFile:
     """A pod manifest as found on disk: the pod's name (the file stem), its file and format."""
 
@@ -184,7 +196,7 @@ class PodFile:
     pod: Pod = field(default_factory=Pod)
 
 
-@dataclass(frozen=True)
+@frozen
 class Dependency:
     """appc image dependency."""
 
@@ -194,7 +206,7 @@ class Dependency:
     size: int | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class ImageManifest:
     """An appc ImageManifest (the `manifest` file of an ACI)."""
 

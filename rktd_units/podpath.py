@@ -18,11 +18,11 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from rktd_units import formats
 from rktd_units.annotations import AC_NAME_RE
 from rktd_units.errors import ManifestError, PodError
+from rktd_units.frozen import frozen
 from rktd_units.model import ManifestFormat, PodFile
 
 TYPE_CHECKING = False
@@ -51,7 +51,7 @@ def search_path() -> list[Path]:
     return [Path(p) for p in _search_dirs()]
 
 
-@dataclass(frozen=True)
+@frozen
 class Candidate:
     """The manifest file that wins for a pod name."""
 

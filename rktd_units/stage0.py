@@ -24,6 +24,7 @@ from rktd_units.model import (
     App,
     ImageManifest,
     ImageRef,
+    ManifestFormat,
     Mount,
     NameValue,
     Pod,
@@ -99,8 +100,8 @@ class Resolved:
 # -- the pod to run ----------------------------------------------------------------------------------
 
 
-def pod_from_options(opts: RunOptions) -> tuple[Pod, str | None]:
-    """The pod and its name: from `--pod-manifest`, or built from the images on the command line."""
+def pod_from_options(opts: RunOptions) -> tuple[Pod, str | None, ManifestFormat]:
+    """The pod, its name and format: from `--pod-manifest`, or built from the images on the command line."""
     if opts.pod_manifest:
         if opts.images:
             raise UsageError("--pod-manifest and images on the command line exclude each other")
@@ -111,7 +112,7 @@ def pod_from_options(opts: RunOptions) -> tuple[Pod, str | None]:
         if opts.volumes:
             pod = replace(pod, volumes=_merge_volumes(pod.volumes, opts.volumes))
         _check_name(opts.name, "--name")
-        return pod, opts.name or pod_file.name
+        return pod, opts.name or pod_file.name, pod_file.format
     if not opts.images:
         raise UsageError("nothing to run", hint="give an IMAGE or --pod-manifest=NAME|PATH")
     _check_name(opts.name, "--name (the pod's)")
@@ -124,7 +125,7 @@ def pod_from_options(opts: RunOptions) -> tuple[Pod, str | None]:
             raise UsageError(f"two apps are named {name!r}", hint="set --name after each IMAGE")
         taken.add(name)
         apps.append(RuntimeApp(name=name, image=_image_ref(arg.image), mounts=arg.mounts))
-    return Pod(apps=tuple(apps), volumes=opts.volumes), opts.name
+    return Pod(apps=tuple(apps), volumes=opts.volumes), opts.name, ManifestFormat.APPC
 
 
 def _check_name(name: str | None, what: str) -> None:
@@ -217,12 +218,20 @@ def _find_image(store: Any, ref: ImageRef, opts: RunOptions) -> Any:
     return fetch.fetch(ref.name, **common)  # a path or URL
 
 
-def final_manifest(resolved: Sequence[Resolved], pod: Pod) -> Pod:
-    """The pod manifest as run: every image pinned by ID, every app spelled out (rkt's `pod` file)."""
+def final_manifest(resolved: Sequence[Resolved], pod: Pod, kind: ManifestFormat) -> Pod:
+    """The pod manifest as run: every image pinned by ID, every app spelled out (rkt's `pod` file).
+
+    An appc app replaces its image's app; a Kubernetes container overrides only what it sets."""
     apps = []
     for r in resolved:
         image = ImageRef(name=r.manifest.name, id=r.image_id, labels=r.manifest.labels)
-        apps.append(replace(r.app, image=image, app=r.app.app or r.manifest.app))
+        if kind is ManifestFormat.KUBERNETES:
+            from rktd_units.formats.kube import merge_image_app
+
+            app = merge_image_app(r.app.app, r.manifest.app)
+        else:
+            app = r.app.app or r.manifest.app
+        apps.append(replace(r.app, image=image, app=app))
     return replace(pod, apps=tuple(apps))
 
 
@@ -464,7 +473,7 @@ def prepare(opts: RunOptions, *, durable: bool = True) -> PodDir:
     (`durable`: fsync its files, for a pod that waits in `prepared` for `run-prepared`)."""
     from rktd_units import annotations
 
-    pod, name = pod_from_options(opts)
+    pod, name, kind = pod_from_options(opts)
     notes = annotations.read({a.name: a.value for a in pod.annotations})
     flavour = opts.stage1 or notes["rktd/stage1"]
     net = opts.net or notes["rktd/net"]
@@ -475,7 +484,7 @@ def prepare(opts: RunOptions, *, durable: bool = True) -> PodDir:
             raise UsageError("--stage1=fly always uses the host network", hint="drop --net")
         net = "host"
     resolved = resolve_images(pod, opts)
-    pod = final_manifest(resolved, pod)
+    pod = final_manifest(resolved, pod, kind)
     pods = Pods(opts.data_dir)
     pod_dir = pods.create()
     try:
@@ -623,6 +632,7 @@ def _setup_network(pod_dir: PodDir, cfg: dict[str, Any], opts: RunOptions) -> No
         ports=ports,
         dns=dns,
         hostname=cfg.get("hostname"),
+        data_dir=Path(opts.data_dir) / "networks",
     )
     cfg["netns"] = result.netns_path
     for app in cfg["apps"]:

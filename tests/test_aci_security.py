@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rktd_units import aci
 from rktd_units.errors import ImageError
@@ -433,3 +435,104 @@ def test_global_pax_header_is_ignored(env: tuple[Store, Path], tmp_path: Path) -
     path = tmp_path / "g.aci"
     path.write_bytes(buf.getvalue())
     assert env[0].import_aci(path).name == "example.com/hostile"
+
+
+# --- property: whatever the archive, nothing escapes, and an accepted one round-trips exactly -----------
+
+HOSTILE = (
+    ["a", "b", "..", ".", "", "link", "rootfs", "manifest", "/", "/etc", "x/y"],
+    ["/etc", "..", "../.."],
+)
+
+
+def _entries(names: list[str], targets: list[str]) -> st.SearchStrategy[list[Entry]]:
+    path = st.lists(st.sampled_from(names), min_size=1, max_size=4).map(lambda ps: "rootfs/" + "/".join(ps))
+    target = st.one_of(path, st.sampled_from(targets))
+    entry = st.one_of(
+        st.builds(Entry, path, st.just("file"), st.binary(max_size=600), st.sampled_from([0o644, 0o4755])),
+        st.builds(Entry, path, st.just("dir"), st.just(b""), st.just(0o755)),
+        st.builds(lambda p, t: Entry(p, "symlink", target=t), path, target),
+        st.builds(lambda p, t: Entry(p, "hardlink", target=t), path, target),
+        st.builds(lambda p: Entry(p, "fifo", mode=0o600), path),
+    )
+    return st.lists(entry, max_size=8).map(lambda es: [MANIFEST, ROOTFS, *es])
+
+
+def _check_one(base: Path, entries: list[Entry], fmt: int) -> bool:
+    """Extract into a fresh sandbox: nothing may appear beside `dest`; an accepted archive must come
+    back byte for byte from its skeleton and tree. Returns whether it was accepted."""
+    import io
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=base) as sandbox:
+        box = Path(sandbox)
+        (box / "outside").mkdir()
+        dest = box / "dest"
+        dest.mkdir()
+        data = tar_bytes(entries, fmt=fmt)
+        skeleton = io.BytesIO()
+        try:
+            result = aci.read_aci(io.BytesIO(data), dest, skeleton=skeleton)
+        except ImageError:
+            result = None
+        assert list((box / "outside").iterdir()) == []
+        assert sorted(p.name for p in box.iterdir()) == ["dest", "outside"]
+        if result is None:
+            return False
+        out = io.BytesIO()
+        aci.write_tar(io.BytesIO(skeleton.getvalue()), dest, out, result.image_id)
+        assert out.getvalue() == data
+        return True
+
+
+FORMATS = st.sampled_from([tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@SETTINGS
+@given(entries=_entries(*HOSTILE), fmt=FORMATS)
+def test_random_hostile_archives_never_escape(tmp_path: Path, entries: list[Entry], fmt: int) -> None:
+    _check_one(tmp_path, entries, fmt)
+
+
+@st.composite
+def _benign(draw: st.DrawFn) -> list[Entry]:
+    """Valid archives: unique paths, parents that are directories, hardlinks to earlier files."""
+    paths = draw(
+        st.lists(
+            st.lists(st.sampled_from(["a", "b", "c", "d"]), min_size=1, max_size=3).map("/".join),
+            unique=True,
+            max_size=10,
+        )
+    )
+    parents = {p.rsplit("/", 1)[0] for p in paths if "/" in p}
+    out, files = [MANIFEST, ROOTFS], []
+    for p in paths:
+        kind = (
+            "dir" if p in parents else draw(st.sampled_from(["file", "file", "symlink", "hardlink", "fifo"]))
+        )
+        if kind == "hardlink" and not files:
+            kind = "file"
+        name = f"rootfs/{p}"
+        if kind == "file":
+            out.append(
+                Entry(name, data=draw(st.binary(max_size=1500)), mode=draw(st.sampled_from([0o644, 0o755])))
+            )
+            files.append(name)
+        elif kind == "hardlink":
+            out.append(Entry(name, "hardlink", target=draw(st.sampled_from(files))))
+        elif kind == "symlink":
+            out.append(Entry(name, "symlink", target=draw(st.sampled_from(["/bin/sh", "a", "./b", "/"]))))
+        else:
+            out.append(Entry(name, kind, mode=0o755 if kind == "dir" else 0o600))
+    return out
+
+
+@SETTINGS
+@given(entries=_benign(), fmt=FORMATS)
+def test_random_valid_archives_are_accepted_and_round_trip(
+    tmp_path: Path, entries: list[Entry], fmt: int
+) -> None:
+    assert _check_one(tmp_path, entries, fmt)

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass
 from types import ModuleType
 from typing import cast
 
 from rktd_units.errors import ManifestError, UsageError
+from rktd_units.frozen import frozen
 from rktd_units.model import ManifestFormat, Pod, PodFile
 
 
-@dataclass(frozen=True)
+@frozen
 class Format:
+    """A manifest format: its file suffixes and the module that parses and writes it."""
+
     kind: ManifestFormat
     suffixes: tuple[str, ...]
     module: str

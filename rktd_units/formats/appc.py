@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from rktd_units import annotations as rktd_annotations
@@ -57,6 +56,7 @@ from rktd_units.formats.schema import (
     string_map,
     unique,
 )
+from rktd_units.frozen import frozen
 from rktd_units.model import (
     App,
     Dependency,
@@ -369,8 +369,10 @@ def _sysctl(value: object, field: str) -> dict[str, str]:
     return out
 
 
-@dataclass(frozen=True)
+@frozen
 class IsolatorKind:
+    """A known isolator: the parser of its value, and how it combines with others in one list."""
+
     name: str
     parse: Parser
     multiple: bool = False  # may the same isolator appear more than once in one list?

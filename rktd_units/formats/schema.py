@@ -9,14 +9,13 @@ the file path.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from rktd_units.errors import ManifestError
+from rktd_units.frozen import frozen
 from rktd_units.model import NameValue
 
 T = TypeVar("T")
@@ -194,7 +193,7 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-@dataclass(frozen=True)
+@frozen
 class Key:
     """One JSON key: appc spelling, model attribute ("" = not stored), parser and dumper."""
 
@@ -268,6 +267,8 @@ def _known(raw: str, keys: Sequence[Key]) -> str:
 
 
 def dump_members(obj: object, keys: Sequence[Key], consts: dict[str, str] | None = None) -> dict[str, Any]:
+    import dataclasses  # writing manifests only: the generator never imports it (STYLE.md 13)
+
     defaults = {f.name: f.default for f in dataclasses.fields(obj)}  # type: ignore[arg-type]
     out: dict[str, Any] = {}
     for key in keys:
