@@ -101,15 +101,16 @@ def import_profile(python: str, env: dict[str, str], out: Path, runs: int = 7) -
 
 
 BREAKDOWN = """
-import os, sys, time
+import gc, os, sys, time
 sys.path.insert(0, {root!r})
+gc.disable()  # as generators/rktd-generator
 t0 = time.process_time()
-from rktd_units import generator, podpath, units
+from rktd_units import formats, generator, podpath, units
 t1 = time.process_time()
-candidates, _ = podpath.scan()
-names = podpath.all_names(candidates)
+found, _ = podpath.scan_files()
+names = frozenset(name for name, _, _ in found)
 t2 = time.process_time()
-pods = [podpath.load_candidate(c) for c in candidates]
+pods = [formats.load(path, name) for name, path, _ in found]
 t3 = time.process_time()
 outputs = [units.convert(p, names) for p in pods]
 t4 = time.process_time()
@@ -181,6 +182,10 @@ def main() -> None:
             subprocess.run([args.python, "-I", "-c", code, str(outdir / "out1000")], env=env, check=True)
         env = {**base_env, "RKTD_PODS_PATH": str(work / "pods1")}
         rows = import_profile(args.python, env, outdir / "imports")
+        bare_run = subprocess.run(
+            [args.python, "-I", "-X", "importtime", "-c", "pass"], capture_output=True, text=True
+        )
+        bare = {line.rsplit("|", 1)[1].strip() for line in bare_run.stderr.splitlines() if "|" in line}
         total = sum(r[0] for r in rows)
         print(
             f"\nimports (-X importtime, 1 manifest, per-module min of 7 runs): {total / 1000:.1f} ms"
@@ -188,17 +193,12 @@ def main() -> None:
         )
         for self_us, cumulative, name in sorted(rows, key=lambda r: -r[1])[:18]:
             print(f"  {cumulative / 1000:7.2f} ms cumulative {self_us / 1000:6.2f} ms self  {name}")
-        ours = (
-            "rktd_units.generator",
-            "rktd_units.units",
-            "rktd_units.unitfile",
-            "rktd_units._compiled_templates",
-        )
-        own = {name: self_us for self_us, _, name in rows if name in ours}
+        own = sorted((-self_us, name) for self_us, _, name in rows if name.startswith("rktd_units"))
         print(
-            "  the generator's own modules (self): "
-            + ", ".join(f"{n} {v / 1000:.2f} ms" for n, v in own.items())
+            f"  rktd_units modules (self): {-sum(v for v, _ in own) / 1000:.2f} ms: "
+            + ", ".join(f"{n.removeprefix('rktd_units.')} {-v / 1000:.2f}" for v, n in own)
         )
+        print(f"  modules beyond a bare start: {', '.join(sorted(n for _, _, n in rows if n not in bare))}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(outdir, ignore_errors=True)

@@ -41,6 +41,9 @@ CHUNK = 1 << 20
 MAX_MANIFEST = 1 << 20
 DEFAULT_MAX_SIZE = 16 << 30
 DEFAULT_MAX_RATIO = 1000
+DEFAULT_MAX_ENTRIES = 1_000_000
+PATH_MAX = 4000  # bytes of a path inside the image (the host adds the store's own prefix)
+NAME_MAX = 255
 RATIO_FLOOR = 64 << 20  # the ratio is checked only once this much has been inflated
 ID_PREFIX = "sha512-"
 
@@ -75,6 +78,7 @@ class Policy:
     allow_devices: bool = False  # character and block devices
     max_size: int = DEFAULT_MAX_SIZE  # bytes of uncompressed tar, and of file data written
     max_ratio: int = DEFAULT_MAX_RATIO  # uncompressed / compressed
+    max_entries: int = DEFAULT_MAX_ENTRIES  # inodes (and memory for the extraction's own records)
 
 
 @dataclass(frozen=True)
@@ -511,6 +515,12 @@ class _Extractor:
                 return  # the archive's own root, "./"
             raise ImageError(f"entry with an empty name ({m.name!r})")
         rel = "/".join(parts)
+        if len(self.explicit) >= self.policy.max_entries:
+            raise ImageError(f"the archive has more than {self.policy.max_entries} entries")
+        if len(os.fsencode(rel)) > PATH_MAX or any(len(os.fsencode(p)) > NAME_MAX for p in parts):
+            raise ImageError(
+                f"entry {rel[:80]!r}...: path longer than {PATH_MAX} or a name longer than {NAME_MAX}"
+            )
         self._check_entry(m, parts, rel)
         self._make_parents(parts)
         if rel in self.explicit:

@@ -360,6 +360,8 @@ def status(ctx: click.Context, fmt: str, wait: bool, pod: str) -> None:
     click.echo(f"networks={info['networks'] or ''}")
     if "pid" in info:
         click.echo(f"pid={info['pid']}")
+    for itf in info.get("interfaces", []):
+        click.echo(f"{itf['network']}:{itf['ifname']}={','.join(itf['addresses'])}")
     for app, code in sorted(info.get("app_exit_statuses", {}).items()):
         click.echo(f"app-{app}={code}")
 

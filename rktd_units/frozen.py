@@ -28,7 +28,7 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from dataclasses import field
+    from dataclasses import field as field
     from typing import Any, TypeVar, dataclass_transform
 
     _T = TypeVar("_T")
@@ -128,7 +128,7 @@ def _frozen_error(name: str, what: str) -> Exception:
     return FrozenInstanceError(f"cannot {what} field {name!r}")
 
 
-def _install(cls: type, spec: Spec, make_init: Callable[..., Callable[..., None]]) -> None:
+def _install(cls: Any, spec: Spec, make_init: Callable[..., Callable[..., None]]) -> None:
     import reprlib
 
     names = tuple(name for name, _, _ in spec)
@@ -180,7 +180,7 @@ def _install(cls: type, spec: Spec, make_init: Callable[..., Callable[..., None]
         fn.__qualname__ = f"{cls.__qualname__}.{name}"
         fn.__module__ = cls.__module__
         setattr(cls, name, fn)
-    cls.__match_args__ = names
+    setattr(cls, "__match_args__", names)  # noqa: B010 (mypy: type has no such attribute)
     for attr in ("__dataclass_fields__", "__dataclass_params__"):
         setattr(cls, attr, _FromDataclasses(attr, factories))
 
@@ -207,7 +207,7 @@ class _FromDataclasses:
                 ns[name] = dataclasses.field(default_factory=self.factories[name])
             elif name in owner.__dict__:
                 ns[name] = owner.__dict__[name]
-        shadow = dataclasses.dataclass(frozen=True)(type(owner.__name__, (), ns))
+        shadow: type = dataclasses.dataclass(frozen=True)(type(owner.__name__, (), ns))
         for attr in ("__dataclass_fields__", "__dataclass_params__"):
             setattr(owner, attr, getattr(shadow, attr))
         return getattr(owner, self.attr)

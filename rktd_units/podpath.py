@@ -66,7 +66,7 @@ _Found = tuple[str, str, ManifestFormat | None]
 _Outcome = _Found | ManifestError
 
 
-def _is_mask(path: str, st: os.stat_result) -> bool:
+def _is_mask(path: _StrPath, st: os.stat_result) -> bool:
     if os.path.islink(path) and os.path.realpath(path) == os.devnull:
         return True
     return stat.S_ISREG(st.st_mode) and st.st_size == 0
@@ -247,10 +247,10 @@ def find(name_or_path: str, dirs: Sequence[Path] | None = None) -> PodFile:
         raise PodError(f"no pod manifest named {name_or_path!r} in {where}", hint=f"add {name_or_path}.json")
     if isinstance(outcome, ManifestError):
         raise outcome
-    _, path, kind = outcome
+    _, found, kind = outcome
     if kind is None:
-        raise PodError(f"pod {name_or_path!r} is masked by {path}")
-    return formats.load(path, name_or_path)
+        raise PodError(f"pod {name_or_path!r} is masked by {found}")
+    return formats.load(found, name_or_path)
 
 
 def dangling_references(pod_file: PodFile, names: Iterable[str]) -> list[ManifestError]:

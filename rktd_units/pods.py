@@ -184,10 +184,30 @@ class PodDir:
         }
         if state == "running":
             out["pid"] = self.pid()
+            out["interfaces"] = self.interfaces()
         statuses = self.app_statuses()
         if statuses:
             out["app_exit_statuses"] = statuses
         return out
+
+
+    def interfaces(self) -> list[dict[str, Any]]:
+        """The pod's network interfaces as set up by CNI (none for host/none networks)."""
+        if not (self.path / NETWORK_STATE).exists():
+            return []
+        network = optional_module("rktd_units.network")
+        result = network.status(self.path) if network is not None else None
+        if result is None:
+            return []
+        return [
+            {
+                "network": i.network,
+                "ifname": i.ifname,
+                "addresses": list(i.addresses),
+                "host_ifname": i.host_ifname,
+            }
+            for i in result.interfaces
+        ]
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:

@@ -32,6 +32,7 @@ _PLAIN_WORD = re.compile(r"[A-Za-z0-9_./:=,@+-]+")
 _PLAIN_LINE = re.compile(r"[A-Za-z0-9_./:=,@+ -]*")  # words of plain characters, separated by spaces
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+_CONTROL_OR_SURROGATE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 _ENV_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 _C_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\a": "\\a", "\b": "\\b", "\f": "\\f", "\v": "\\v"}
 _C_UNESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "s": " "}
@@ -174,10 +175,12 @@ def check_value(value: str, what: str, *, allow_empty: bool = False) -> None:
         if allow_empty:
             return
         raise UnitFileError(f"{what}: empty value")
-    m = _CONTROL.search(value)
-    if m:
-        raise UnitFileError(f"{what}: control character {m.group()!r} cannot be written into a unit file")
-    if _SURROGATE.search(value):
+    if _CONTROL_OR_SURROGATE.search(value):  # one search for the common case: neither
+        m = _CONTROL.search(value)
+        if m:
+            raise UnitFileError(
+                f"{what}: control character {m.group()!r} cannot be written into a unit file"
+            )
         raise UnitFileError(f"{what}: not valid UTF-8", hint="systemd ignores lines that are not UTF-8")
     if value[0] in WHITESPACE or value[-1] in WHITESPACE:
         raise UnitFileError(f"{what}: leading or trailing whitespace would be lost")
@@ -215,16 +218,18 @@ def _continues(content: str) -> bool:
 def parse(text: str, path: str = "<unit>") -> UnitFile:
     """Parse unit-file text; `str()` of the result is `text` again. Raises UnitFileError with the line."""
     unit = UnitFile()
+    sections = unit.sections
+    items: list[Assignment | Trivia] | list[Trivia] = unit.preamble  # where the next line goes
     lines = _physical_lines(text)
     n = len(lines)
     i = 0
     while i < n:
         start = i
         content = lines[i].rstrip(_LINE_ENDS)
-        stripped = content.strip(WHITESPACE)
+        line = content.strip(WHITESPACE)
         i += 1
-        if not stripped or stripped[0] in COMMENTS:
-            unit._last_items().append(Trivia(lines[start]))
+        if not line or line[0] in COMMENTS:
+            items.append(Trivia(lines[start]))
             continue
         logical = content
         if content[-1] == "\\":
@@ -236,26 +241,25 @@ def parse(text: str, path: str = "<unit>") -> UnitFile:
                 logical = logical[:-1] + " " + nxt
             if _continues(logical):
                 logical = logical[:-1]  # a continuation at the end of the file ends there
-            stripped = logical.strip(WHITESPACE)
+            line = logical.strip(WHITESPACE)
         raw = lines[start] if i == start + 1 else "".join(lines[start:i])
-        _parse_logical(unit, stripped, raw, path, start + 1)
+        number = start + 1
+        if len(line) > LONG_LINE_MAX // 4 and len(line.encode(errors="surrogateescape")) > LONG_LINE_MAX:
+            raise UnitFileError(f"{path}:{number}: line longer than {LONG_LINE_MAX} bytes")
+        if line[0] == "[":
+            if line[-1] != "]" or len(line) < 3:
+                raise UnitFileError(f"{path}:{number}: invalid section header {line!r}")
+            section = Section(line[1:-1], raw)
+            sections.append(section)
+            items = section.items
+            continue
+        key, eq, value = line.partition("=")
+        if not eq:
+            raise UnitFileError(f"{path}:{number}: missing '='")
+        if not sections:
+            raise UnitFileError(f"{path}:{number}: assignment outside of a section")
+        sections[-1].items.append(Assignment(key.rstrip(WHITESPACE), value.lstrip(WHITESPACE), raw))
     return unit
-
-
-def _parse_logical(unit: UnitFile, line: str, raw: str, path: str, number: int) -> None:
-    if len(line) > LONG_LINE_MAX // 4 and len(line.encode(errors="surrogateescape")) > LONG_LINE_MAX:
-        raise UnitFileError(f"{path}:{number}: line longer than {LONG_LINE_MAX} bytes")
-    if line[0] == "[":
-        if line[-1] != "]" or len(line) < 3:
-            raise UnitFileError(f"{path}:{number}: invalid section header {line!r}")
-        unit.sections.append(Section(line[1:-1], raw))
-        return
-    key, eq, value = line.partition("=")
-    if not eq:
-        raise UnitFileError(f"{path}:{number}: missing '='")
-    if not unit.sections:
-        raise UnitFileError(f"{path}:{number}: assignment outside of a section")
-    unit.sections[-1].items.append(Assignment(key.rstrip(WHITESPACE), value.lstrip(WHITESPACE), raw))
 
 
 # -- Escaping --------------------------------------------------------------------------------------

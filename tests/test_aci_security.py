@@ -238,6 +238,22 @@ def test_size_limit(env: tuple[Store, Path], tmp_path: Path) -> None:
     assert (env[0].rootfs(info.id) / "big").stat().st_size == 2 << 20
 
 
+def test_entry_count_and_name_length_limits(env: tuple[Store, Path], tmp_path: Path) -> None:
+    store = env[0]
+    before = snapshot(store.root)
+    many = [MANIFEST, ROOTFS, *(Entry(f"rootfs/f{i}") for i in range(50))]
+    (tmp_path / "x").mkdir()
+    with (
+        open(write_aci(tmp_path / "many.aci", many), "rb") as f,
+        pytest.raises(ImageError, match="more than 40"),
+    ):
+        aci.read_aci(f, tmp_path / "x", aci.Policy(max_entries=40))
+    for name in ("rootfs/" + "n" * 256, "rootfs/" + "/".join(["d" * 200] * 21)):
+        with pytest.raises(ImageError, match="longer than"):
+            store.import_aci(write_aci(tmp_path / "long.aci", [MANIFEST, ROOTFS, Entry(name)]))
+    assert snapshot(store.root) == before
+
+
 def test_compression_bomb(env: tuple[Store, Path], tmp_path: Path) -> None:
     store = env[0]
     before = snapshot(store.root)
@@ -507,7 +523,7 @@ def _benign(draw: st.DrawFn) -> list[Entry]:
             max_size=10,
         )
     )
-    parents = {p.rsplit("/", 1)[0] for p in paths if "/" in p}
+    parents = {p[:i] for p in paths for i, ch in enumerate(p) if ch == "/"}  # every proper ancestor
     out, files = [MANIFEST, ROOTFS], []
     for p in paths:
         kind = (

@@ -774,6 +774,10 @@ def test_port_forwarding_and_stop_undoes_it(rktd: Rktd, tmp_path: Path) -> None:
                 except OSError:
                     time.sleep(0.1)
         assert "hello from the pod" in body
+        info = rktd.status(uuid)  # status shows the CNI address, and the host end of the veth
+        (itf,) = info["interfaces"]
+        assert itf["ifname"] == "eth0" and itf["addresses"][0].startswith("172.16.28.")
+        assert itf["host_ifname"] and Path(f"/sys/class/net/{itf['host_ifname']}").exists()
     finally:
         assert rktd("stop", uuid).returncode == 0
         proc.communicate(timeout=30)

@@ -25,14 +25,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from rktd_units import annotations as rktd_annotations
 from rktd_units.annotations import AC_NAME_RE
 from rktd_units.errors import ManifestError
 from rktd_units.formats.schema import (
     Key,
-    Parser,
     abs_path,
     boolean,
     check_dups,
@@ -76,6 +74,12 @@ from rktd_units.model import (
 )
 from rktd_units.model import Mount as PodMount
 
+TYPE_CHECKING = False  # typing costs a fifth of an interpreter start: only for mypy (STYLE.md 13)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from rktd_units.formats.schema import Parser
+
 AC_VERSION = "0.8.11"
 AC_IDENTIFIER_RE = re.compile(r"^[a-z0-9]+([-._~/][a-z0-9]+)*$")
 _SEMVER_RE = re.compile(
@@ -88,17 +92,17 @@ _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z_0-9.-]*$")
 _OCTAL_MODE_RE = re.compile(r"^0?[0-7]{3,4}$")
 _DOCKER_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOCKER_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
-_DOCKER_REF_RE = re.compile(
+# Patterns few manifests need stay strings, compiled by re on first use: compiling every one at
+# import would cost the generator at every boot (STYLE.md 13).
+_DOCKER_REF = (
     rf"^(?:{_DOCKER_LABEL}(?:\.{_DOCKER_LABEL})*(?::[0-9]{{1,5}})?/)?"
     rf"{_DOCKER_COMPONENT}(?:/{_DOCKER_COMPONENT})*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
 )
-_QUANTITY_RE = re.compile(r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]{1,3})?$")
-_RFC3339_RE = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-](\d{2}):(\d{2}))$"
-)
-_CAPABILITY_RE = re.compile(r"^CAP_[A-Z0-9_]+$")
-_ERRNO_RE = re.compile(r"^E[A-Z0-9]*$")
+_QUANTITY = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]{1,3})?$"
+_RFC3339 = r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-](\d{2}):(\d{2}))$"
+_CAPABILITY = r"^CAP_[A-Z0-9_]+$"
+_ERRNO = r"^E[A-Z0-9]*$"
 _VALID_OS_ARCH = {
     "linux": (
         "amd64",
@@ -145,7 +149,7 @@ def _image_name(value: object, field: str) -> str:
     s = string(value, field)
     if s.startswith("docker://"):
         ref = s[len("docker://") :]
-        if len(ref) > 255 or not _DOCKER_REF_RE.match(ref):
+        if len(ref) > 255 or not re.match(_DOCKER_REF, ref):
             raise fail(field, f"{s!r} is not a Docker image reference", "e.g. docker://busybox:1.36")
         return s
     return str(_ac_identifier(s, field))
@@ -249,7 +253,7 @@ def _annotations(value: object, field: str) -> tuple[NameValue, ...]:
 def _rfc3339(value: str, field: str) -> None:
     import datetime  # only for a `created` annotation
 
-    m = _RFC3339_RE.match(value)
+    m = re.match(_RFC3339, value)
     try:
         if not m:
             raise ValueError(value)
@@ -274,7 +278,7 @@ def _quantity(value: object, field: str) -> str | int:
             raise fail(field, "must not be negative")
         return value
     s = string(value, field)
-    if not _QUANTITY_RE.match(s):
+    if not re.match(_QUANTITY, s):
         raise fail(field, f"{s!r} is not a quantity", "e.g. 512M, 1Gi, 500m, 2")
     return s
 
@@ -313,15 +317,15 @@ def _set_of(item: Parser) -> Parser:
     return parse
 
 
-_capability = matching(_CAPABILITY_RE, "a capability name", "e.g. CAP_NET_BIND_SERVICE")
+_capability = matching(_CAPABILITY, "a capability name", "e.g. CAP_NET_BIND_SERVICE")
 _syscall = matching(
-    re.compile(r"^-?@?[A-Za-z0-9_./-]+$"),
+    r"^-?@?[A-Za-z0-9_./-]+$",
     "a syscall or syscall group",
     "e.g. reboot or @rkt/default-whitelist",
 )
 _SECCOMP_KEYS = (
     Key("set", "set", list_of(_syscall, nonempty=True), required=True),
-    Key("errno", "errno", matching(_ERRNO_RE, "an errno name", "e.g. EPERM")),
+    Key("errno", "errno", matching(_ERRNO, "an errno name", "e.g. EPERM")),
 )
 
 
