@@ -6,8 +6,10 @@ For each `@frozen` class: its fields, and a function making the `__init__` that
 
 # mypy: ignore-errors
 
+FORMAT = 2
 
-def rktd_units_annotations_Annotation(_dflt, _set, _factory):
+
+def rktd_units_annotations_Annotation(_dflt, _factory):
     def __init__(
         self,
         name,
@@ -16,11 +18,12 @@ def rktd_units_annotations_Annotation(_dflt, _set, _factory):
         default_text,
         help,
     ):
-        _set(self, "name", name)
-        _set(self, "parse", parse)
-        _set(self, "default", default)
-        _set(self, "default_text", default_text)
-        _set(self, "help", help)
+        _fields = self.__dict__
+        _fields["name"] = name
+        _fields["parse"] = parse
+        _fields["default"] = default
+        _fields["default_text"] = default_text
+        _fields["help"] = help
 
     __init__.__annotations__ = {
         "name": "str",
@@ -33,7 +36,7 @@ def rktd_units_annotations_Annotation(_dflt, _set, _factory):
     return __init__
 
 
-def rktd_units_formats_Format(_dflt, _set, _factory):
+def rktd_units_formats_Format(_dflt, _factory):
     def __init__(
         self,
         kind,
@@ -41,10 +44,11 @@ def rktd_units_formats_Format(_dflt, _set, _factory):
         module,
         help,
     ):
-        _set(self, "kind", kind)
-        _set(self, "suffixes", suffixes)
-        _set(self, "module", module)
-        _set(self, "help", help)
+        _fields = self.__dict__
+        _fields["kind"] = kind
+        _fields["suffixes"] = suffixes
+        _fields["module"] = module
+        _fields["help"] = help
 
     __init__.__annotations__ = {
         "kind": "ManifestFormat",
@@ -56,7 +60,7 @@ def rktd_units_formats_Format(_dflt, _set, _factory):
     return __init__
 
 
-def rktd_units_formats_appc_IsolatorKind(_dflt, _set, _factory):
+def rktd_units_formats_appc_IsolatorKind(_dflt, _factory):
     def __init__(
         self,
         name,
@@ -64,10 +68,11 @@ def rktd_units_formats_appc_IsolatorKind(_dflt, _set, _factory):
         multiple=_dflt["multiple"],
         conflicts=_dflt["conflicts"],
     ):
-        _set(self, "name", name)
-        _set(self, "parse", parse)
-        _set(self, "multiple", multiple)
-        _set(self, "conflicts", conflicts)
+        _fields = self.__dict__
+        _fields["name"] = name
+        _fields["parse"] = parse
+        _fields["multiple"] = multiple
+        _fields["conflicts"] = conflicts
 
     __init__.__annotations__ = {
         "name": "str",
@@ -79,7 +84,7 @@ def rktd_units_formats_appc_IsolatorKind(_dflt, _set, _factory):
     return __init__
 
 
-def rktd_units_formats_schema_Key(_dflt, _set, _factory):
+def rktd_units_formats_schema_Key(_dflt, _factory):
     def __init__(
         self,
         name,
@@ -89,12 +94,13 @@ def rktd_units_formats_schema_Key(_dflt, _set, _factory):
         required=_dflt["required"],
         always=_dflt["always"],
     ):
-        _set(self, "name", name)
-        _set(self, "attr", attr)
-        _set(self, "parse", parse)
-        _set(self, "dump", dump)
-        _set(self, "required", required)
-        _set(self, "always", always)
+        _fields = self.__dict__
+        _fields["name"] = name
+        _fields["attr"] = attr
+        _fields["parse"] = parse
+        _fields["dump"] = dump
+        _fields["required"] = required
+        _fields["always"] = always
 
     __init__.__annotations__ = {
         "name": "str",
@@ -108,7 +114,7 @@ def rktd_units_formats_schema_Key(_dflt, _set, _factory):
     return __init__
 
 
-def rktd_units_model_App(_dflt, _set, _factory):
+def rktd_units_model_App(_dflt, _factory):
     def __init__(
         self,
         exec=_dflt["exec"],
@@ -124,18 +130,19 @@ def rktd_units_model_App(_dflt, _set, _factory):
         user_annotations=_dflt["user_annotations"],
         user_labels=_dflt["user_labels"],
     ):
-        _set(self, "exec", exec)
-        _set(self, "user", user)
-        _set(self, "group", group)
-        _set(self, "supplementary_gids", supplementary_gids)
-        _set(self, "working_directory", working_directory)
-        _set(self, "environment", environment)
-        _set(self, "mount_points", mount_points)
-        _set(self, "ports", ports)
-        _set(self, "isolators", isolators)
-        _set(self, "event_handlers", event_handlers)
-        _set(self, "user_annotations", user_annotations)
-        _set(self, "user_labels", user_labels)
+        _fields = self.__dict__
+        _fields["exec"] = exec
+        _fields["user"] = user
+        _fields["group"] = group
+        _fields["supplementary_gids"] = supplementary_gids
+        _fields["working_directory"] = working_directory
+        _fields["environment"] = environment
+        _fields["mount_points"] = mount_points
+        _fields["ports"] = ports
+        _fields["isolators"] = isolators
+        _fields["event_handlers"] = event_handlers
+        _fields["user_annotations"] = user_annotations
+        _fields["user_labels"] = user_labels
 
     __init__.__annotations__ = {
         "exec": "tuple[str, ...]",
@@ -155,7 +162,7 @@ def rktd_units_model_App(_dflt, _set, _factory):
     return __init__
 
 
-def rktd_units_model_Dependency(_dflt, _set, _factory):
+def rktd_units_model_Dependency(_dflt, _factory):
     def __init__(
         self,
         image_name,
@@ -163,10 +170,11 @@ def rktd_units_model_Dependency(_dflt, _set, _factory):
         labels=_dflt["labels"],
         size=_dflt["size"],
     ):
-        _set(self, "image_name", image_name)
-        _set(self, "image_id", image_id)
-        _set(self, "labels", labels)
-        _set(self, "size", size)
+        _fields = self.__dict__
+        _fields["image_name"] = image_name
+        _fields["image_id"] = image_id
+        _fields["labels"] = labels
+        _fields["size"] = size
 
     __init__.__annotations__ = {
         "image_name": "str",
@@ -178,14 +186,15 @@ def rktd_units_model_Dependency(_dflt, _set, _factory):
     return __init__
 
 
-def rktd_units_model_EventHandler(_dflt, _set, _factory):
+def rktd_units_model_EventHandler(_dflt, _factory):
     def __init__(
         self,
         name,
         exec,
     ):
-        _set(self, "name", name)
-        _set(self, "exec", exec)
+        _fields = self.__dict__
+        _fields["name"] = name
+        _fields["exec"] = exec
 
     __init__.__annotations__ = {
         "name": "str",
@@ -195,7 +204,7 @@ def rktd_units_model_EventHandler(_dflt, _set, _factory):
     return __init__
 
 
-def rktd_units_model_ImageManifest(_dflt, _set, _factory):
+def rktd_units_model_ImageManifest(_dflt, _factory):
     def __init__(
         self,
         name,
@@ -206,13 +215,14 @@ def rktd_units_model_ImageManifest(_dflt, _set, _factory):
         path_whitelist=_dflt["path_whitelist"],
         ac_version=_dflt["ac_version"],
     ):
-        _set(self, "name", name)
-        _set(self, "labels", labels)
-        _set(self, "app", app)
-        _set(self, "annotations", annotations)
-        _set(self, "dependencies", dependencies)
-        _set(self, "path_whitelist", path_whitelist)
-        _set(self, "ac_version", ac_version)
+        _fields = self.__dict__
+        _fields["name"] = name
+        _fields["labels"] = labels
+        _fields["app"] = app
+        _fields["annotations"] = annotations
+        _fields["dependencies"] = dependencies
+        _fields["path_whitelist"] = path_whitelist
+        _fields["ac_version"] = ac_version
 
     __init__.__annotations__ = {
         "name": "str",
@@ -227,16 +237,17 @@ def rktd_units_model_ImageManifest(_dflt, _set, _factory):
     return __init__
 
 
-def rktd_units_model_ImageRef(_dflt, _set, _factory):
+def rktd_units_model_ImageRef(_dflt, _factory):
     def __init__(
         self,
         name=_dflt["name"],
         id=_dflt["id"],
         labels=_dflt["labels"],
     ):
-        _set(self, "name", name)
-        _set(self, "id", id)
-        _set(self, "labels", labels)
+        _fields = self.__dict__
+        _fields["name"] = name
+        _fields["id"] = id
+        _fields["labels"] = labels
 
     __init__.__annotations__ = {
         "name": "str | None",
@@ -247,14 +258,15 @@ def rktd_units_model_ImageRef(_dflt, _set, _factory):
     return __init__
 
 
-def rktd_units_model_Isolator(_dflt, _set, _factory):
+def rktd_units_model_Isolator(_dflt, _factory):
     def __init__(
         self,
         name,
         value,
     ):
-        _set(self, "name", name)
-        _set(self, "value", value)
+        _fields = self.__dict__
+        _fields["name"] = name
+        _fields["value"] = value
 
     __init__.__annotations__ = {
         "name": "str",
@@ -264,16 +276,17 @@ def rktd_units_model_Isolator(_dflt, _set, _factory):
     return __init__
 
 
-def rktd_units_model_Mount(_dflt, _set, _factory):
+def rktd_units_model_Mount(_dflt, _factory):
     def __init__(
         self,
         volume,
         path,
         app_volume=_dflt["app_volume"],
     ):
-        _set(self, "volume", volume)
-        _set(self, "path", path)
-        _set(self, "app_volume", app_volume)
+        _fields = self.__dict__
+        _fields["volume"] = volume
+        _fields["path"] = path
+        _fields["app_volume"] = app_volume
 
     __init__.__annotations__ = {
         "volume": "str",
@@ -284,16 +297,17 @@ def rktd_units_model_Mount(_dflt, _set, _factory):
     return __init__
 
 
-def rktd_units_model_MountPoint(_dflt, _set, _factory):
+def rktd_units_model_MountPoint(_dflt, _factory):
     def __init__(
         self,
         name,
         path,
         read_only=_dflt["read_only"],
     ):
-        _set(self, "name", name)
-        _set(self, "path", path)
-        _set(self, "read_only", read_only)
+        _fields = self.__dict__
+        _fields["name"] = name
+        _fields["path"] = path
+        _fields["read_only"] = read_only
 
     __init__.__annotations__ = {
         "name": "str",
@@ -304,14 +318,15 @@ def rktd_units_model_MountPoint(_dflt, _set, _factory):
     return __init__
 
 
-def rktd_units_model_NameValue(_dflt, _set, _factory):
+def rktd_units_model_NameValue(_dflt, _factory):
     def __init__(
         self,
         name,
         value,
     ):
-        _set(self, "name", name)
-        _set(self, "value", value)
+        _fields = self.__dict__
+        _fields["name"] = name
+        _fields["value"] = value
 
     __init__.__annotations__ = {
         "name": "str",
@@ -321,7 +336,7 @@ def rktd_units_model_NameValue(_dflt, _set, _factory):
     return __init__
 
 
-def rktd_units_model_Pod(_dflt, _set, _factory):
+def rktd_units_model_Pod(_dflt, _factory):
     def __init__(
         self,
         apps=_dflt["apps"],
@@ -333,14 +348,15 @@ def rktd_units_model_Pod(_dflt, _set, _factory):
         user_labels=_dflt["user_labels"],
         ac_version=_dflt["ac_version"],
     ):
-        _set(self, "apps", apps)
-        _set(self, "volumes", volumes)
-        _set(self, "isolators", isolators)
-        _set(self, "annotations", annotations)
-        _set(self, "ports", ports)
-        _set(self, "user_annotations", user_annotations)
-        _set(self, "user_labels", user_labels)
-        _set(self, "ac_version", ac_version)
+        _fields = self.__dict__
+        _fields["apps"] = apps
+        _fields["volumes"] = volumes
+        _fields["isolators"] = isolators
+        _fields["annotations"] = annotations
+        _fields["ports"] = ports
+        _fields["user_annotations"] = user_annotations
+        _fields["user_labels"] = user_labels
+        _fields["ac_version"] = ac_version
 
     __init__.__annotations__ = {
         "apps": "tuple[RuntimeApp, ...]",
@@ -356,7 +372,7 @@ def rktd_units_model_Pod(_dflt, _set, _factory):
     return __init__
 
 
-def rktd_units_model_PodFile(_dflt, _set, _factory):
+def rktd_units_model_PodFile(_dflt, _factory):
     def __init__(
         self,
         name,
@@ -364,10 +380,11 @@ def rktd_units_model_PodFile(_dflt, _set, _factory):
         format,
         pod=_factory,
     ):
-        _set(self, "name", name)
-        _set(self, "path", path)
-        _set(self, "format", format)
-        _set(self, "pod", _dflt["pod"]() if pod is _factory else pod)
+        _fields = self.__dict__
+        _fields["name"] = name
+        _fields["path"] = path
+        _fields["format"] = format
+        _fields["pod"] = _dflt["pod"]() if pod is _factory else pod
 
     __init__.__annotations__ = {
         "name": "str",
@@ -379,16 +396,17 @@ def rktd_units_model_PodFile(_dflt, _set, _factory):
     return __init__
 
 
-def rktd_units_model_PodPort(_dflt, _set, _factory):
+def rktd_units_model_PodPort(_dflt, _factory):
     def __init__(
         self,
         name,
         host_port,
         host_ip=_dflt["host_ip"],
     ):
-        _set(self, "name", name)
-        _set(self, "host_port", host_port)
-        _set(self, "host_ip", host_ip)
+        _fields = self.__dict__
+        _fields["name"] = name
+        _fields["host_port"] = host_port
+        _fields["host_ip"] = host_ip
 
     __init__.__annotations__ = {
         "name": "str",
@@ -399,7 +417,7 @@ def rktd_units_model_PodPort(_dflt, _set, _factory):
     return __init__
 
 
-def rktd_units_model_Port(_dflt, _set, _factory):
+def rktd_units_model_Port(_dflt, _factory):
     def __init__(
         self,
         name,
@@ -408,11 +426,12 @@ def rktd_units_model_Port(_dflt, _set, _factory):
         count=_dflt["count"],
         socket_activated=_dflt["socket_activated"],
     ):
-        _set(self, "name", name)
-        _set(self, "protocol", protocol)
-        _set(self, "port", port)
-        _set(self, "count", count)
-        _set(self, "socket_activated", socket_activated)
+        _fields = self.__dict__
+        _fields["name"] = name
+        _fields["protocol"] = protocol
+        _fields["port"] = port
+        _fields["count"] = count
+        _fields["socket_activated"] = socket_activated
 
     __init__.__annotations__ = {
         "name": "str",
@@ -425,7 +444,7 @@ def rktd_units_model_Port(_dflt, _set, _factory):
     return __init__
 
 
-def rktd_units_model_RuntimeApp(_dflt, _set, _factory):
+def rktd_units_model_RuntimeApp(_dflt, _factory):
     def __init__(
         self,
         name,
@@ -435,12 +454,13 @@ def rktd_units_model_RuntimeApp(_dflt, _set, _factory):
         mounts=_dflt["mounts"],
         annotations=_dflt["annotations"],
     ):
-        _set(self, "name", name)
-        _set(self, "image", image)
-        _set(self, "app", app)
-        _set(self, "read_only_rootfs", read_only_rootfs)
-        _set(self, "mounts", mounts)
-        _set(self, "annotations", annotations)
+        _fields = self.__dict__
+        _fields["name"] = name
+        _fields["image"] = image
+        _fields["app"] = app
+        _fields["read_only_rootfs"] = read_only_rootfs
+        _fields["mounts"] = mounts
+        _fields["annotations"] = annotations
 
     __init__.__annotations__ = {
         "name": "str",
@@ -454,7 +474,7 @@ def rktd_units_model_RuntimeApp(_dflt, _set, _factory):
     return __init__
 
 
-def rktd_units_model_Volume(_dflt, _set, _factory):
+def rktd_units_model_Volume(_dflt, _factory):
     def __init__(
         self,
         name,
@@ -466,14 +486,15 @@ def rktd_units_model_Volume(_dflt, _set, _factory):
         uid=_dflt["uid"],
         gid=_dflt["gid"],
     ):
-        _set(self, "name", name)
-        _set(self, "kind", kind)
-        _set(self, "source", source)
-        _set(self, "read_only", read_only)
-        _set(self, "recursive", recursive)
-        _set(self, "mode", mode)
-        _set(self, "uid", uid)
-        _set(self, "gid", gid)
+        _fields = self.__dict__
+        _fields["name"] = name
+        _fields["kind"] = kind
+        _fields["source"] = source
+        _fields["read_only"] = read_only
+        _fields["recursive"] = recursive
+        _fields["mode"] = mode
+        _fields["uid"] = uid
+        _fields["gid"] = gid
 
     __init__.__annotations__ = {
         "name": "str",
@@ -489,16 +510,17 @@ def rktd_units_model_Volume(_dflt, _set, _factory):
     return __init__
 
 
-def rktd_units_podpath_Candidate(_dflt, _set, _factory):
+def rktd_units_podpath_Candidate(_dflt, _factory):
     def __init__(
         self,
         name,
         path,
         kind,
     ):
-        _set(self, "name", name)
-        _set(self, "path", path)
-        _set(self, "kind", kind)
+        _fields = self.__dict__
+        _fields["name"] = name
+        _fields["path"] = path
+        _fields["kind"] = kind
 
     __init__.__annotations__ = {
         "name": "str",

@@ -58,8 +58,9 @@ else:
 
 _METHODS = ("__init__", "__repr__", "__eq__", "__hash__", "__setattr__", "__delattr__", "__match_args__")
 _UNSUPPORTED = ("ClassVar", "InitVar", "KW_ONLY", "typing.", "dataclasses.")
-_RESERVED = ("self", "_set", "_dflt", "_factory")  # names the compiled __init__ uses itself
+_RESERVED = ("self", "_fields", "_dflt", "_factory")  # names the compiled __init__ uses itself
 
+_FORMAT = 2  # of the code build() writes: change it with the code
 # One field: (name, annotation text, "required" | "default" | "factory").
 Spec = tuple[tuple[str, str, str], ...]
 SPECS: dict[str, Spec] = {}  # every class this module handles, by module.qualname, for build()
@@ -107,10 +108,10 @@ def _spec(cls: type) -> Spec | None:
 
 def _compiled() -> dict[str, tuple[Spec, Callable[..., Callable[..., None]]]]:
     try:
-        from rktd_units._compiled_dataclasses import CLASSES
+        from rktd_units._compiled_dataclasses import CLASSES, FORMAT
     except ImportError:  # the first build
         return {}
-    return CLASSES
+    return CLASSES if FORMAT == _FORMAT else {}  # written by another version of build()
 
 
 def _by_dataclasses(cls: type) -> type:
@@ -169,13 +170,21 @@ def _install(cls: Any, spec: Spec, make_init: Callable[..., Callable[..., None]]
         super(cls, self).__delattr__(name)
 
     methods = {
-        "__init__": make_init(defaults, object.__setattr__, FACTORY),
+        "__init__": make_init(defaults, FACTORY),
         "__repr__": reprlib.recursive_repr()(__repr__),
         "__eq__": __eq__,
         "__hash__": __hash__,
         "__setattr__": __setattr__,
         "__delattr__": __delattr__,
     }
+    if sys.version_info >= (3, 13):  # dataclasses adds copy.replace() support
+
+        def __replace__(self: object, /, **changes: Any) -> object:
+            import dataclasses
+
+            return dataclasses.replace(self, **changes)
+
+        methods["__replace__"] = __replace__
     for name, fn in methods.items():
         fn.__qualname__ = f"{cls.__qualname__}.{name}"
         fn.__module__ = cls.__module__
@@ -230,6 +239,8 @@ For each `@frozen` class: its fields, and a function making the `__init__` that
 """
 
 # mypy: ignore-errors
+
+FORMAT = {format}
 '''
 
 
@@ -241,27 +252,29 @@ def _q(text: str) -> str:
 
 
 def _init_source(qualname: str, spec: Spec) -> list[str]:
+    # dataclasses assigns each field with object.__setattr__ (past the frozen __setattr__); for a class
+    # without __slots__ or descriptors that is a store into the instance's __dict__, which is faster.
     params = ["self"]
-    body = []
+    body = ["        _fields = self.__dict__"] if spec else ["        pass"]
     for name, _, kind in spec:
         if kind == "required":
             params.append(name)
-            body.append(f"        _set(self, {_q(name)}, {name})")
+            body.append(f"        _fields[{_q(name)}] = {name}")
         elif kind == "default":
             params.append(f"{name}=_dflt[{_q(name)}]")
-            body.append(f"        _set(self, {_q(name)}, {name})")
+            body.append(f"        _fields[{_q(name)}] = {name}")
         else:
             params.append(f"{name}=_factory")
             body.append(
-                f"        _set(self, {_q(name)}, _dflt[{_q(name)}]() if {name} is _factory else {name})"
+                f"        _fields[{_q(name)}] = _dflt[{_q(name)}]() if {name} is _factory else {name}"
             )
     annotations = [f"        {_q(name)}: {_q(annotation)}," for name, annotation, _ in spec]
     return [
-        f"def {qualname.replace('.', '_')}(_dflt, _set, _factory):",
+        f"def {qualname.replace('.', '_')}(_dflt, _factory):",
         "    def __init__(",
         *(f"        {p}," for p in params),
         "    ):",
-        *(body or ["        pass"]),
+        *body,
         "",
         "    __init__.__annotations__ = {",
         *annotations,
@@ -291,7 +304,9 @@ def build(modules: tuple[str, ...] = MODULES) -> str:
             f"        {qualname.replace('.', '_')},",
             "    ),",
         ]
-    return "\n".join([HEADER.rstrip("\n"), *functions, "", "", "CLASSES = {", *entries, "}", ""])
+    return "\n".join(
+        [HEADER.format(format=_FORMAT).rstrip("\n"), *functions, "", "", "CLASSES = {", *entries, "}", ""]
+    )
 
 
 if __name__ == "__main__":
@@ -301,8 +316,9 @@ if __name__ == "__main__":
     from rktd_units.frozen import build as build_text  # the module the package imports, not __main__
 
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_compiled_dataclasses.py")
+    text = build_text()
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(build_text())
+        f.write(text)
     os.replace(tmp, path)
     print(path)

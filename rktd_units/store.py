@@ -463,8 +463,7 @@ class Store:
 
     def export(self, image_id: str, out: Path, *, overwrite: bool = False) -> None:
         """Write the image as an uncompressed ACI to `out` (atomically; same bytes, same ID)."""
-        if (out.exists() or out.is_symlink()) and not overwrite:
-            raise ImageError(f"{out} exists", hint="pass --overwrite to replace it")
+        _check_target(out, overwrite)
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
         try:
             with os.fdopen(fd, "wb", buffering=CHUNK) as dst:
@@ -489,8 +488,7 @@ class Store:
         from rktd_units import aci
 
         info = self.get(image_id)
-        if (dest.exists() or dest.is_symlink()) and not overwrite:
-            raise ImageError(f"{dest} exists", hint="pass --overwrite to replace it")
+        _check_target(dest, overwrite)
         stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         rfd, wfd = os.pipe()
         errors: builtins.list[BaseException] = []
@@ -537,8 +535,7 @@ class Store:
         if len(layers) == 1 and not top.manifest.path_whitelist:
             self.extract(image_id, dest, rootfs_only=rootfs_only, overwrite=overwrite)
             return
-        if (dest.exists() or dest.is_symlink()) and not overwrite:
-            raise ImageError(f"{dest} exists", hint="pass --overwrite to replace it")
+        _check_target(dest, overwrite)
         stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         try:
             root = stage / "rootfs"
@@ -558,6 +555,13 @@ class Store:
         finally:
             if stage.exists():
                 _rmtree(stage)
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise ImageError(f"{path} exists", hint="pass --overwrite to replace it")
+    if not path.parent.is_dir():
+        raise ImageError(f"{path.parent} is not a directory")
 
 
 # --- rendering layers ----------------------------------------------------------------------------------

@@ -71,6 +71,7 @@ def test_same_class_as_dataclasses_makes(qualname: str) -> None:
     assert str(inspect.signature(cls)) == str(inspect.signature(ref))
     assert cls.__match_args__ == ref.__match_args__  # type: ignore[attr-defined]
     assert cls.__doc__ == ref.__doc__
+    assert set(ref.__dict__) <= set(cls.__dict__)  # nothing dataclasses adds is missing (a new version's)
     for name in ("__init__", "__repr__", "__eq__", "__hash__", "__setattr__", "__delattr__"):
         assert getattr(cls, name).__qualname__ == f"{cls.__qualname__}.{name}"
     for f in dataclasses.fields(cls):

@@ -163,6 +163,8 @@ def test_export_gives_back_the_exact_tar_and_extract_the_same_tree(tmp_path: Pat
     with pytest.raises(ImageError, match="exists"):
         store.export(info.id, tmp_path / "out.aci")
     assert Store(tmp_path / "other").import_aci(tmp_path / "out.aci").id == info.id
+    with pytest.raises(ImageError, match="is not a directory"):
+        store.extract(info.id, tmp_path / "no/such/dir")
     store.extract(info.id, tmp_path / "full")
     assert snapshot(tmp_path / "full/rootfs") == snapshot(store.rootfs(info.id))
     assert (tmp_path / "full/manifest").read_bytes() == (store.image_dir(info.id) / "manifest").read_bytes()

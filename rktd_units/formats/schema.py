@@ -83,6 +83,9 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_reject_constant)
+
+
 def decode_json(data: bytes) -> object:
     """Decode JSON bytes, with duplicate keys remembered; raise ManifestError(field "") on bad JSON."""
     try:
@@ -90,7 +93,9 @@ def decode_json(data: bytes) -> object:
     except UnicodeDecodeError as e:
         raise fail("", f"not UTF-8: invalid byte at offset {e.start}", "save the file as UTF-8") from None
     try:
-        return json.loads(text, object_pairs_hook=_pairs, parse_constant=_reject_constant)
+        if text.startswith("\ufeff"):  # as json.loads() says
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return _DECODER.decode(text)  # json.loads(text, **the same options), without a decoder per call
     except json.JSONDecodeError as e:
         raise fail("", f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except (ValueError, RecursionError) as e:
@@ -212,16 +217,17 @@ class Key:
 
 
 class _Table:
-    """What `members()` derives from a key table, once per table: keys by case-folded name, each
-    key's field-path component, and the required keys."""
+    """What `members()` derives from a key table, once per table: by case-folded (and by exact) name,
+    each key's (name, parser, model attribute, field-path component); the required key names."""
 
     __slots__ = ("by_fold", "keys", "required")
 
     def __init__(self, keys: Sequence[Key]) -> None:
         self.keys = keys  # held, so that the id() it is cached under is never reused
-        self.by_fold = {k.name.lower(): (k, shown(k.name)) for k in keys}
-        self.by_fold.update({k.name: (k, shown(k.name)) for k in keys})  # as spelt: no lower() needed
-        self.required = tuple(k for k in keys if k.required)
+        entries = [(k.name, k.parse, k.attr, shown(k.name)) for k in keys]
+        self.by_fold = {e[0].lower(): e for e in entries}
+        self.by_fold.update({e[0]: e for e in entries})  # as spelt: no lower() needed
+        self.required = tuple(k.name for k in keys if k.required)
 
 
 _TABLES: dict[int, _Table] = {}  # by id(): key tables are module constants
@@ -241,26 +247,25 @@ def members(value: object, field: str, keys: Sequence[Key]) -> dict[str, Any]:
     check_dups(value, field)
     table = _table(keys)
     by_fold = table.by_fold
-    seen: dict[str, str] = {}
-    present: set[str] = set()
+    seen: dict[str, str] = {}  # key name -> the spelling given
     out: dict[str, Any] = {}
+    prefix = f"{field}." if field else ""
     for raw, v in value.items():
         found = by_fold.get(raw) or (by_fold.get(raw.lower()) if raw.isascii() else None)
         if found is None:
             raise fail(join(field, raw), "unknown key", _known(raw, keys))
-        key, name = found
-        if key.name in seen:
-            raise fail(join(field, raw), f"duplicate key (also given as {seen[key.name]!r})")
-        seen[key.name] = raw
+        name, parse, attr, shown_name = found
+        if name in seen:
+            raise fail(join(field, raw), f"duplicate key (also given as {seen[name]!r})")
+        seen[name] = raw
         if v is None:
             continue  # rkt wrote `null` for empty lists: the same as absent
-        present.add(key.name)
-        parsed = key.parse(v, f"{field}.{name}" if field else name)
-        if key.attr:
-            out[key.attr] = parsed
-    for key in table.required:
-        if key.name not in present:
-            raise fail(join(field, key.name), "is required")
+        parsed = parse(v, prefix + shown_name)
+        if attr:
+            out[attr] = parsed
+    for name in table.required:
+        if name not in seen or value[seen[name]] is None:
+            raise fail(join(field, name), "is required")
     return out
 
 
