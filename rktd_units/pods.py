@@ -190,7 +190,6 @@ class PodDir:
             out["app_exit_statuses"] = statuses
         return out
 
-
     def interfaces(self) -> list[dict[str, Any]]:
         """The pod's network interfaces as set up by CNI (none for host/none networks)."""
         if not (self.path / NETWORK_STATE).exists():
