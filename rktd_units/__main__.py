@@ -1,5 +1,7 @@
 """`python3 -m rktd_units` runs the `rktd` command."""
 
+import sys
+
 from rktd_units.cli import main
 
-main()
+sys.exit(main())

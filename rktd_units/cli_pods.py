@@ -1,8 +1,9 @@
 """Pod verbs of `rktd`: run, prepare, run-prepared, list, status, stop, enter, gc, rm (rkt's spellings).
 
 `run` and `prepare` take pod-wide flags first, then `IMAGE [per-app flags] [-- ARGS] --- IMAGE2 …`;
-click parses the pod-wide flags and stops at the first IMAGE, the rest is parsed here from the
-PER_APP table (one entry per flag: its field, parser and help).
+click parses the pod-wide flags and stops at the first IMAGE, the rest is parsed from the PER_APP
+table (one entry per flag: its field, parser and help). Both tables are in rktd_units.cli, which
+parses a plain `rktd run` itself, without click.
 """
 
 from __future__ import annotations
@@ -13,206 +14,23 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import click
 
-from rktd_units.cli import globals_of
+from rktd_units.cli import POD_OPTIONS, globals_of, run_options
+from rktd_units.cli import parse_images as parse_images
+from rktd_units.cli import parse_mount as parse_mount
+from rktd_units.cli import parse_volume as parse_volume
 from rktd_units.errors import PodError, UsageError
-from rktd_units.model import Mount, NameValue, Volume, VolumeKind
-
-# -- per-app flags ------------------------------------------------------------------------------------
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("true", "yes", "1", ""):
-        return True
-    if text.lower() in ("false", "no", "0"):
-        return False
-    raise UsageError(f"{text!r} is not a boolean")
-
-
-def _name_value(text: str) -> NameValue:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise UsageError(f"{text!r} is not NAME=VALUE")
-    return NameValue(name, value)
-
-
-def _kv(text: str, what: str) -> dict[str, str]:
-    """`a=1,b=2` (rkt's --volume/--mount syntax); a leading bare word is returned as `name`."""
-    out: dict[str, str] = {}
-    for i, item in enumerate(text.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep and i == 0:
-            out["name"] = key
-        elif not sep:
-            raise UsageError(f"{what} {text!r}: {item!r} is not KEY=VALUE")
-        else:
-            out[key] = value
-    return out
-
-
-def parse_mount(text: str) -> Mount:
-    kv = _kv(text, "--mount")
-    if "volume" not in kv or "target" not in kv:
-        raise UsageError(f"--mount {text!r}: expected volume=NAME,target=PATH")
-    return Mount(kv["volume"], kv["target"])
-
-
-def parse_volume(text: str) -> Volume:
-    kv = _kv(text, "--volume")
-    name = kv.pop("name", None)
-    if not name:
-        raise UsageError(f"--volume {text!r}: expected NAME,kind=host,source=PATH or NAME,kind=empty")
-    try:
-        kind = VolumeKind(kv.pop("kind", "host"))
-    except ValueError:
-        raise UsageError(f"--volume {text!r}: kind must be host or empty") from None
-    ro = kv.pop("readOnly", None)
-    uid, gid = kv.pop("uid", None), kv.pop("gid", None)
-    vol = Volume(
-        name,
-        kind,
-        source=kv.pop("source", None),
-        read_only=_bool(ro) if ro is not None else None,
-        recursive=_bool(kv.pop("recursive")) if "recursive" in kv else None,
-        mode=kv.pop("mode", None),
-        uid=int(uid) if uid is not None else None,
-        gid=int(gid) if gid is not None else None,
-    )
-    if kv:
-        raise UsageError(f"--volume {text!r}: unknown keys {', '.join(sorted(kv))}")
-    if kind == VolumeKind.HOST and not vol.source:
-        raise UsageError(f"--volume {text!r}: a host volume needs source=PATH")
-    return vol
-
-
-def _words(text: str) -> tuple[str, ...]:
-    return tuple(w for w in text.split(",") if w)
-
-
-@dataclass(frozen=True)
-class Flag:
-    field: str
-    parse: Callable[[str], Any]
-    repeat: bool = False
-    flag_only: bool = False  # --readonly-rootfs without a value means true
-    help: str = ""
-
-
-PER_APP: dict[str, Flag] = {
-    "--exec": Flag("exec", str, help="executable to run instead of the image's"),
-    "--name": Flag("name", str, help="the app's name in the pod"),
-    "--user": Flag("user", str, help="user (number, name in the image, or path)"),
-    "--group": Flag("group", str, help="group (number, name in the image, or path)"),
-    "--supplementary-gids": Flag(
-        "supplementary_gids", lambda t: tuple(int(x) for x in _words(t)), help="comma-separated gids"
-    ),
-    "--working-dir": Flag("working_dir", str, help="working directory"),
-    "--environment": Flag("environment", _name_value, repeat=True, help="NAME=VALUE for this app"),
-    "--mount": Flag("mounts", parse_mount, repeat=True, help="volume=NAME,target=PATH"),
-    "--readonly-rootfs": Flag("readonly_rootfs", _bool, flag_only=True, help="read-only rootfs"),
-    "--memory": Flag("memory", str, help="memory limit, e.g. 64M"),
-    "--cpu": Flag("cpu", str, help="CPU limit, e.g. 500m"),
-    "--cap-retain": Flag("cap_retain", _words, help="capabilities to keep (comma-separated)"),
-    "--cap-remove": Flag("cap_remove", _words, help="capabilities to drop (comma-separated)"),
-}
-
-
-def parse_images(tail: list[str]) -> tuple[Any, ...]:
-    """`IMAGE [flags] [-- ARGS] --- IMAGE2 …` → ImageArg per image."""
-    from rktd_units.stage0 import ImageArg
-
-    groups: list[list[str]] = [[]]
-    for token in tail:
-        if token == "---":
-            groups.append([])
-        else:
-            groups[-1].append(token)
-    out = []
-    for group in groups:
-        if not group:
-            if len(groups) > 1:
-                raise UsageError("empty image between '---' separators")
-            continue
-        image, rest = group[0], group[1:]
-        if image.startswith("-"):
-            raise UsageError(f"{image}: pod-wide flags go before the first IMAGE, per-app flags after it")
-        out.append(ImageArg(image=image, **_per_app(image, rest)))
-    return tuple(out)
-
-
-def _per_app(image: str, tokens: list[str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        if token == "--":
-            values["args"] = tuple(tokens[i + 1 :])
-            break
-        name, sep, value = token.partition("=")
-        flag = PER_APP.get(name)
-        if flag is None:
-            known = ", ".join(sorted(PER_APP))
-            raise UsageError(
-                f"{image}: unknown per-app flag {token!r}", hint=f"known: {known}; args after --"
-            )
-        if not sep:
-            if flag.flag_only:
-                value = "true"
-            elif i + 1 < len(tokens):
-                i += 1
-                value = tokens[i]
-            else:
-                raise UsageError(f"{image}: {name} needs a value")
-        parsed = flag.parse(value)
-        values[flag.field] = (*values.get(flag.field, ()), parsed) if flag.repeat else parsed
-        i += 1
-    return values
-
 
 # -- run, prepare, run-prepared ---------------------------------------------------------------------
 
 
-def _read_env_files(paths: tuple[str, ...]) -> tuple[NameValue, ...]:
-    out = []
-    for path in paths:
-        try:
-            lines = open(path, encoding="utf-8").read().splitlines()
-        except OSError as e:
-            raise UsageError(f"--set-env-file {path}: {e.strerror}") from None
-        out += [_name_value(line) for line in lines if line.strip() and not line.startswith("#")]
-    return tuple(out)
-
-
 def pod_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The pod-wide options (rktd_units.cli.POD_OPTIONS), then the images and their flags unparsed."""
     options = [
-        click.option("--pod-manifest", help="pod manifest: a pod NAME on the search path, or a PATH"),
-        click.option(
-            "--name", "pod_name", help="pod name (status/list show it; defaults to the manifest's)"
-        ),
-        click.option("--set-env", multiple=True, help="NAME=VALUE for every app"),
-        click.option("--set-env-file", multiple=True, help="file of NAME=VALUE lines for every app"),
-        click.option("--inherit-env", is_flag=True, help="apps inherit rktd's environment"),
-        click.option(
-            "--volume", multiple=True, help="NAME,kind=host,source=PATH[,readOnly=true] or kind=empty"
-        ),
-        click.option("--net", help="networks: default, host, none, NAME[:ARGS],… (default: default)"),
-        click.option("--dns", multiple=True, help="nameserver for the pod (or host, none)"),
-        click.option("--dns-search", multiple=True, help="DNS search domain"),
-        click.option("--dns-opt", multiple=True, help="resolver option (resolv.conf `options`)"),
-        click.option("--dns-domain", help="DNS domain (resolv.conf `domain`)"),
-        click.option("--hosts-entry", multiple=True, help="IP=HOSTNAME for /etc/hosts (or host)"),
-        click.option("--hostname", help="the pod's hostname (default rkt-UUID)"),
-        click.option("--port", multiple=True, help="NAME:[IP:]HOSTPORT: forward a host port to an app port"),
-        click.option("--uuid-file-save", help="write the pod's UUID to this file"),
-        click.option("--interactive", is_flag=True, help="connect the terminal to the (single) app"),
-        click.option("--stage1", type=click.Choice(["nspawn", "fly"]), help="stage1 flavour"),
-        click.option(
-            "--pull-policy", type=click.Choice(["new", "update", "never"]), default="new", show_default=True
-        ),
+        *(opt.click_option() for opt in POD_OPTIONS),
         click.argument("tail", nargs=-1, type=click.UNPROCESSED),
     ]
     for option in reversed(options):
@@ -224,34 +42,7 @@ RUN_SETTINGS = {"ignore_unknown_options": True, "allow_interspersed_args": False
 
 
 def _run_options(ctx: click.Context, kw: dict[str, Any], tail: tuple[str, ...] = ()) -> Any:
-    from rktd_units.stage0 import RunOptions
-
-    g = globals_of(ctx)
-    return RunOptions(
-        data_dir=g.dir,
-        local_config=g.local_config,
-        system_config=g.system_config,
-        insecure=g.insecure_options,
-        pod_manifest=kw["pod_manifest"],
-        images=parse_images(list(tail)),
-        name=kw["pod_name"],
-        set_env=tuple(_name_value(e) for e in kw["set_env"]) + _read_env_files(kw["set_env_file"]),
-        inherit_env=kw["inherit_env"],
-        volumes=tuple(parse_volume(v) for v in kw["volume"]),
-        net=kw["net"],
-        dns=tuple(kw["dns"]),
-        dns_search=tuple(kw["dns_search"]),
-        dns_opt=tuple(kw["dns_opt"]),
-        dns_domain=kw["dns_domain"],
-        hosts_entries=tuple(kw["hosts_entry"]),
-        hostname=kw["hostname"],
-        ports=tuple(kw["port"]),
-        uuid_file_save=kw["uuid_file_save"],
-        interactive=kw["interactive"],
-        stage1=kw["stage1"],
-        pull_policy=kw["pull_policy"],
-        environ=dict(os.environ),
-    )
+    return run_options(globals_of(ctx), kw, tail)
 
 
 @click.command(context_settings=RUN_SETTINGS)

@@ -359,10 +359,14 @@ def _del_network(entry: dict[str, Any], netns: str, cni_path: str) -> list[str]:
 # --- host ports and the lock around portmap ---------------------------------------------------------
 
 
+# portmap's chains are the host's, shared by every pod whatever its --dir: so is the lock around them.
+PORTMAP_LOCK = Path("/run/rktd/portmap.lock")
+
+
 @contextlib.contextmanager
-def _portmap_lock(data_dir: Path) -> Iterator[None]:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / ".portmap.lock", "w") as f:
+def _portmap_lock() -> Iterator[None]:
+    PORTMAP_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(PORTMAP_LOCK, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
 
@@ -631,19 +635,17 @@ def _bring_up(
             "result": None,
         }
         state["networks"].append(entry)
-        entry["result"] = _add_with_lock(entry, state, pod_dir, data_dir)
+        entry["result"] = _add_with_lock(entry, state, pod_dir)
         _write_state(pod_dir, state)
 
 
-def _add_with_lock(
-    entry: dict[str, Any], state: dict[str, Any], pod_dir: Path, data_dir: Path
-) -> dict[str, Any]:
+def _add_with_lock(entry: dict[str, Any], state: dict[str, Any], pod_dir: Path) -> dict[str, Any]:
     def save() -> None:
         _write_state(pod_dir, state)
 
     try:
         if entry["portmap"]:
-            with _portmap_lock(data_dir):
+            with _portmap_lock():
                 _check_host_ports(entry)
                 return _add_network(entry, state["netns"], state["cni_path"], save)
         return _add_network(entry, state["netns"], state["cni_path"], save)
@@ -685,8 +687,7 @@ def teardown(pod_uuid: str, pod_dir: Path, *, local_config: Path) -> None:
             _delete_netns(netns_name(pod_uuid))
         return
     errors: list[str] = []
-    data_dir = Path(state.get("data_dir") or DEFAULT_DATA_DIR)
-    with _portmap_lock(data_dir) if any(e.get("portmap") for e in state["networks"]) else _no_lock():
+    with _portmap_lock() if any(e.get("portmap") for e in state["networks"]) else _no_lock():
         for entry in reversed(state["networks"]):
             errors += _del_network(entry, state.get("netns") or "", state["cni_path"])
         if state["networks"] and not errors:

@@ -25,12 +25,9 @@ import contextlib
 import errno
 import fcntl
 import json
-import logging
 import os
 import re
-import shutil
 import stat
-import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
@@ -41,9 +38,19 @@ from rktd_units.errors import ImageError, RktdError, StoreError
 from rktd_units.model import Dependency, ImageManifest, NameValue
 
 if TYPE_CHECKING:
+    import logging
+
     from rktd_units.aci import AciResult, Policy
 
-log = logging.getLogger("rktd")
+# logging, shutil and tempfile are imported where they are used: `rktd run` reads the store on every
+# pod start and writes nothing to it (STYLE.md 13).
+
+
+def _log() -> logging.Logger:
+    import logging
+
+    return logging.getLogger("rktd")
+
 
 ID_RE = re.compile(r"^sha512-[0-9a-f]{128}$")
 _PREFIX_RE = re.compile(r"^(sha512-)?([0-9a-f]{1,128})$")
@@ -95,6 +102,8 @@ def _syncfs(fd: int) -> None:
 
 
 def _rmtree(path: Path | str) -> None:
+    import shutil
+
     def fix(func: Callable[..., object], p: str, exc: object) -> None:
         parent = os.path.dirname(p)
         with contextlib.suppress(OSError):
@@ -142,6 +151,8 @@ class Store:
     @contextlib.contextmanager
     def _staging(self) -> Iterator[Path]:
         """A fresh private directory in cas/tmp, flocked while it is used, removed unless renamed away."""
+        import tempfile
+
         with self._lock(shared=True):
             path = Path(tempfile.mkdtemp(prefix="import-", dir=self.tmp_dir))
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -252,7 +263,7 @@ class Store:
         dest = self.images_dir / image_id
         with self._lock():
             if dest.exists():
-                log.debug("image %s is already in the store", image_id)
+                _log().debug("image %s is already in the store", image_id)
             else:
                 try:
                     os.rename(stage, dest)
@@ -423,6 +434,8 @@ class Store:
         except BlockingIOError:
             os.close(fd)
             raise StoreError(f"image {full} is in use by a pod") from None
+        import tempfile
+
         moved = Path(tempfile.mkdtemp(prefix="removed-", dir=self.tmp_dir))
         os.rename(d, moved)
         _fsync_dir(self.images_dir)
@@ -444,7 +457,7 @@ class Store:
             try:
                 self.remove(info.id)
             except (StoreError, ImageError) as e:
-                log.info("gc: keeping %s: %s", info.id, e)
+                _log().info("gc: keeping %s: %s", info.id, e)
                 continue
             removed.append(info.id)
         return removed
@@ -463,6 +476,8 @@ class Store:
 
     def export(self, image_id: str, out: Path, *, overwrite: bool = False) -> None:
         """Write the image as an uncompressed ACI to `out` (atomically; same bytes, same ID)."""
+        import tempfile
+
         _check_target(out, overwrite)
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
         try:
@@ -483,6 +498,7 @@ class Store:
         """Extract the image (manifest and rootfs/, or the rootfs' content) into a new directory `dest`:
         its tar, reassembled and checked against the ID, goes through the import's checks again.
         """
+        import tempfile
         import threading
 
         from rktd_units import aci
@@ -530,6 +546,9 @@ class Store:
         self, image_id: str, dest: Path, *, rootfs_only: bool = False, overwrite: bool = False
     ) -> None:
         """Like `extract`, with the image's dependencies laid down first and its pathWhitelist applied."""
+        import shutil
+        import tempfile
+
         layers = self.layers(image_id)
         top = layers[-1]
         if len(layers) == 1 and not top.manifest.path_whitelist:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import os
 import select
-import signal
 import struct
 import sys
 import time
@@ -25,8 +24,13 @@ import time
 # Imported only for the type checker: every millisecond of this file's start-up is on each pod start.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import socket
+    import _socket
+    import signal
     from typing import Any
+else:
+    # The C modules, here and for sockets (`_socket`): `signal` and `socket` wrap their constants in
+    # enums, and `import enum` (with functools, collections, …) would be a third of this init's start.
+    import _signal as signal
 
 # -- syscalls (shared with the host side of stage1) ---------------------------------------------------
 
@@ -201,7 +205,7 @@ class App:
         self.pid = 0
         self.status: int | None = None
         self.buffers: dict[int, bytearray] = {}
-        self.notify_sock: socket.socket | None = None
+        self.notify_sock: _socket.socket | None = None
         self.ready = not spec.get("notify", False)
 
 
@@ -210,7 +214,7 @@ class Init:
         self.cfg = cfg
         self.apps = [App(a) for a in cfg["apps"]]
         self.streams: dict[int, tuple[App, int]] = {}  # read fd -> (app, 1 stdout | 2 stderr)
-        self.journal: socket.socket | None = None
+        self.journal: _socket.socket | None = None
         self.stopping = False
         self.kill_at: float | None = None
         self.failed: int | None = None
@@ -229,9 +233,9 @@ class Init:
 
     def open_journal(self) -> None:
         if os.path.exists(JOURNAL_SOCKET):
-            import socket
+            import _socket
 
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
             try:
                 sock.connect(JOURNAL_SOCKET)
             except OSError:
@@ -411,9 +415,9 @@ class Init:
                 return
         for app in self.apps:
             if app.spec.get("notify"):
-                import socket
+                import _socket
 
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
                 sock.bind("\0rktd-notify-" + app.name)
                 sock.setblocking(False)
                 app.notify_sock = sock
@@ -558,13 +562,15 @@ def sd_notify(message: bytes) -> None:
         return
     if path.startswith("@"):
         path = "\0" + path[1:]
-    import socket
+    import _socket
 
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        try:
-            sock.sendto(message, path)
-        except OSError:
-            pass
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+    try:
+        sock.sendto(message, path)
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 def main() -> int:
