@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 # As installed (Debian's python3 and python3-click, the package on the path), not through the
 # development virtualenv, whose editable-install finder alone adds ~15 ms to every start.
 HOST_PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
-RKTD = [HOST_PYTHON, "-c", "from rktd_units.cli import main; main()"]
+# -P: not the current directory first on sys.path (the installed script runs with -I, which implies it).
+RKTD = [HOST_PYTHON, "-P", "-c", "from rktd_units.cli import main; main()"]
 os.environ["PYTHONPATH"] = str(ROOT)
 # An installed package is byte-compiled (dh_python3, meson's python.install_sources): so are the
 # sources here (compile_package()), and a module edited meanwhile gets its .pyc rewritten on first

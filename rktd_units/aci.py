@@ -13,7 +13,11 @@ files are created with O_EXCL|O_NOFOLLOW. Refused: absolute paths, `..`, entries
 and `rootfs/`, duplicate entries, paths through a symlink or non-directory, relative symlinks that
 leave `rootfs/`, hardlinks to anything but an earlier regular file in `rootfs/`, device nodes
 (unless `allow_devices`), setuid/setgid files (unless `trusted`), archives that expand past
-`max_size` or inflate more than `max_ratio` times.
+`max_size` or inflate more than `max_ratio` times, more than `max_entries` inodes (the parent
+directories an entry implies count too), paths deeper than MAX_DEPTH, and extended headers that other
+readers resolve differently (a name or link given twice for one entry, GNU `L`/`K` and pax
+`path`/`linkpath`; a global pax header setting a field): this reader is the only one rktd uses on an
+image, so the manifest a signature is checked against is the manifest imported (fetch.py).
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ DEFAULT_MAX_RATIO = 1000
 DEFAULT_MAX_ENTRIES = 1_000_000
 PATH_MAX = 4000  # bytes of a path inside the image (the host adds the store's own prefix)
 NAME_MAX = 255
+# Components of a path inside the image. Real trees stay far below (a Debian root: ~20); a deep tree
+# costs every recursive walker (removal, layering, pathWhitelist pruning) a frame per level.
+MAX_DEPTH = 256
 RATIO_FLOOR = 64 << 20  # the ratio is checked only once this much has been inflated
 ID_PREFIX = "sha512-"
 
@@ -377,6 +384,8 @@ def _pax(data: bytes) -> dict[str, str]:
         k = key.decode("utf-8", "surrogateescape")
         if k.startswith("GNU.sparse."):
             raise ImageError("sparse files are not supported in ACIs")
+        if k in out and k in _PAX_KEYS:
+            raise ImageError(f"pax extended header gives {k} twice")
         out[k] = value.decode("utf-8", "surrogateescape")
     return out
 
@@ -419,6 +428,29 @@ def _header(block: bytes, ext: dict[str, str]) -> Member:
         raise ImageError(f"entry {name!r}: bad number in a pax header") from None
 
 
+def _extend(ext: dict[str, str], typ: bytes, data: bytes) -> None:
+    """Merge one extended header (pax `x`/`g`, GNU `L`/`K`) into the next entry's `ext`.
+
+    Readers disagree on which of two long names wins (GNU `L` and a pax `path`, two pax headers) and on
+    whether a global header's `path` applies: any such archive reads as two different archives, and a
+    signature checked over one reading would vouch for the other. So each field may be given once per
+    entry, and a global header may not set a field that frames or names entries.
+    """
+    if typ == b"g":
+        found = sorted(k for k in _pax(data) if k in _PAX_KEYS)
+        if found:
+            raise ImageError(f"a global pax header sets {', '.join(found)} (readers apply it differently)")
+        return  # the rest (e.g. git archive's comment) changes nothing we use
+    if typ == b"x":
+        new = {k: v for k, v in _pax(data).items() if k in _PAX_KEYS}
+    else:
+        new = {"path" if typ == b"L" else "linkpath": os.fsdecode(data.split(b"\0", 1)[0])}
+    twice = sorted(new.keys() & ext.keys())
+    if twice:
+        raise ImageError(f"an entry's {twice[0]} is given twice in its extended headers (GNU and pax?)")
+    ext.update(new)
+
+
 def members(stream: _Stream) -> Iterator[Member]:
     """The entries of the tar in `stream`. The consumer must take each regular file's `size` data bytes
     (`stream.data`) before asking for the next entry (in a skeleton, there are none to take).
@@ -443,13 +475,8 @@ def members(stream: _Stream) -> Iterator[Member]:
             data = stream.meta(size + (-size) % BLOCK)[:size]
             if len(data) < size:
                 raise ImageError("the archive ends in the middle of an extended header")
-            if typ == b"x":
-                ext.update({k: v for k, v in _pax(data).items() if k in _PAX_KEYS})
-            elif typ == b"L":
-                ext["path"] = os.fsdecode(data.split(b"\0", 1)[0])
-            elif typ == b"K":
-                ext["linkpath"] = os.fsdecode(data.split(b"\0", 1)[0])
-            continue  # global pax headers ("g", e.g. git archive's comment) change nothing we use
+            _extend(ext, typ, data)
+            continue
         member = _header(block, ext)
         ext = {}
         yield member
@@ -515,20 +542,30 @@ class _Extractor:
                 return  # the archive's own root, "./"
             raise ImageError(f"entry with an empty name ({m.name!r})")
         rel = "/".join(parts)
-        if len(self.explicit) >= self.policy.max_entries:
-            raise ImageError(f"the archive has more than {self.policy.max_entries} entries")
         if len(os.fsencode(rel)) > PATH_MAX or any(len(os.fsencode(p)) > NAME_MAX for p in parts):
             raise ImageError(
                 f"entry {rel[:80]!r}...: path longer than {PATH_MAX} or a name longer than {NAME_MAX}"
             )
+        if len(parts) > MAX_DEPTH:
+            raise ImageError(f"entry {rel[:80]!r}...: deeper than {MAX_DEPTH} directories")
         self._check_entry(m, parts, rel)
         self._make_parents(parts)
         if rel in self.explicit:
             raise ImageError(f"duplicate entry {rel!r}")
         if rel in self.kinds and m.kind != "dir":
             raise ImageError(f"duplicate entry {rel!r} (an earlier entry made it a directory)")
+        if rel not in self.kinds:
+            self._count()
         self.explicit.add(rel)
         self._create(m, parts, rel)
+
+    def _count(self) -> None:
+        """Before a new path: the limit counts entries and the parent directories they imply."""
+        if len(self.kinds) >= self.policy.max_entries:
+            raise ImageError(
+                f"the archive has more than {self.policy.max_entries} entries "
+                "(counting the directories they imply)"
+            )
 
     def _check_entry(self, m: Member, parts: list[str], rel: str) -> None:
         if parts[0] not in ("manifest", "rootfs") or (parts[0] == "manifest" and len(parts) > 1):
@@ -553,6 +590,7 @@ class _Extractor:
                 raise ImageError(f"entry {'/'.join(parts)!r} goes through the symlink {prefix!r}")
             if kind is not None:
                 raise ImageError(f"entry {'/'.join(parts)!r} goes through the non-directory {prefix!r}")
+            self._count()
             os.mkdir(self._path(prefix), 0o700)
             os.chmod(self._path(prefix), 0o755)
             self.kinds[prefix] = _DIR
@@ -675,6 +713,27 @@ def read_aci(
         return AciResult(stream.image_id, manifest, stream.size, stream.raw_size, stream.compression)
     finally:
         stream.close()
+
+
+def read_manifest(src: IO[bytes], policy: Policy = Policy()) -> ImageManifest:
+    """The manifest of the ACI read from `src`, read by the same tar reader as `read_aci`, without
+    extracting anything. A caller that checks it (a trust prefix) must still compare it with the
+    manifest `read_aci` returns: only that one is imported.
+    """
+    stream = _Stream(src, policy)
+    try:
+        for m in members(stream):
+            if _split(m.name) == ["manifest"] and m.kind == "file":
+                if m.size > MAX_MANIFEST:
+                    raise ImageError(f"manifest is larger than {MAX_MANIFEST} bytes")
+                data = bytearray()
+                stream.data(m.size, data.extend)
+                return parse_manifest(bytes(data))
+            if m.kind == "file":
+                stream.data(m.size, None)
+    finally:
+        stream.close()
+    raise ImageError("the archive has no manifest")
 
 
 def write_tar(skeleton: IO[bytes], tree: Path, out: IO[bytes], image_id: str) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from rktd_units import netspec
 from rktd_units.errors import ManifestError
 from rktd_units.frozen import frozen
+from rktd_units.names import AC_NAME_RE as AC_NAME_RE  # re-exported: stage0 imports it from here
 
 TYPE_CHECKING = False  # typing costs a fifth of an interpreter start: only for mypy (STYLE.md 13)
 if TYPE_CHECKING:
@@ -19,10 +21,8 @@ STAGE1_VALUES = ("nspawn", "fly")
 
 # A unit name as systemd accepts it (unit_name_is_valid): no whitespace, quotes, or control characters.
 _UNIT_RE = re.compile(
-    r"^[A-Za-z0-9:_.\\@-]+\.(service|socket|target|mount|path|timer|slice|scope|device|swap|automount)$"
+    r"[A-Za-z0-9:_.\\@-]+\.(?:service|socket|target|mount|path|timer|slice|scope|device|swap|automount)"
 )
-# A pod name (AC Name): lower-case alphanumerics separated by single dashes.
-AC_NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
 def _words(value: str) -> tuple[str, ...]:
@@ -32,7 +32,7 @@ def _words(value: str) -> tuple[str, ...]:
 def _units_or_pods(value: str) -> tuple[str, ...]:
     out = []
     for word in value.split():
-        if not (AC_NAME_RE.match(word) or _UNIT_RE.match(word)):
+        if not (AC_NAME_RE.fullmatch(word) or _UNIT_RE.fullmatch(word)):
             raise ValueError(f"{word!r} is neither a pod name nor a unit name")
         out.append(word)
     return tuple(out)
@@ -41,7 +41,7 @@ def _units_or_pods(value: str) -> tuple[str, ...]:
 def _targets(value: str) -> tuple[str, ...]:
     out = []
     for word in value.split():
-        if not (_UNIT_RE.match(word) and word.endswith(".target")):
+        if not (_UNIT_RE.fullmatch(word) and word.endswith(".target")):
             raise ValueError(f"{word!r} is not a target unit name (e.g. multi-user.target)")
         out.append(word)
     return tuple(out)
@@ -63,13 +63,10 @@ def _seconds(value: str) -> int:
 
 
 def _net(value: str) -> str:
-    # Same grammar as `rktd run --net`: comma-separated NAME[:K=V;K2=V2]; no whitespace or control chars.
-    if not value or re.search(r"[\s\x00-\x1f\x7f]", value):
-        raise ValueError(f"{value!r} is not a network list (e.g. default, host, none, NAME:K=V)")
-    for item in value.split(","):
-        name = item.split(":", 1)[0]
-        if not AC_NAME_RE.match(name):
-            raise ValueError(f"network name {name!r} is not an AC Name")
+    # What `rktd run --net` accepts, by the same parser (netspec.py); empty means no network list here.
+    if not value:
+        raise ValueError("'' is not a network list (e.g. default, host, none, NAME:K=V)")
+    netspec.parse(value)
     return value
 
 

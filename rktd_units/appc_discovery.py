@@ -25,8 +25,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from rktd_units.errors import ImageError
+from rktd_units.names import AC_IDENTIFIER_RE
 
-AC_IDENTIFIER = re.compile(r"^[a-z0-9]+([-._~/][a-z0-9]+)*$")
+AC_IDENTIFIER = AC_IDENTIFIER_RE  # appc AC Identifier (names.py); fetch.py imports it from here
 _PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 MAX_DISCOVERY_HTML = 1 << 20
 

@@ -15,13 +15,14 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
 
 from rktd_units import __version__
 from rktd_units.errors import EXIT_STAGE0, RktdError, UsageError
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # typing and click are imported only for the type checker (lean start-up)
 if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
     import click
 
     from rktd_units.model import Mount, NameValue, Volume

@@ -193,6 +193,8 @@ def stop_pod(pod_dir: Any, *, force: bool, timeout: float | None) -> None:
     cfg = pod_dir.config()
     grace = float(cfg.get("stop_timeout", 30)) if timeout is None else timeout
     pid = pod_dir.pid()
+    if pid is None:
+        raise PodError(f"pod {pod_dir.uuid}: its pid file does not name the process holding its lock")
     if force:
         os.kill(pod_init_pid(pod_dir), signal.SIGKILL)
     else:
@@ -252,7 +254,7 @@ def stop(
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def enter(ctx: click.Context, app: str | None, pod: str, command: tuple[str, ...]) -> NoReturn:
-    """Run a command (default /bin/sh) in a running pod's app."""
+    """Run a command (default /bin/sh) in a running pod's app, as the app: its user, capabilities, cgroup."""
     pod_dir = _pods(ctx).find(pod)
     cfg = pod_dir.config()
     names = [a["name"] for a in cfg.get("apps", [])]
@@ -265,12 +267,12 @@ def enter(ctx: click.Context, app: str | None, pod: str, command: tuple[str, ...
     pid = pod_init_pid(pod_dir)
     if cfg.get("stage1") == "fly":
         rootfs = f"{pod_dir.path}/stage1/rootfs/opt/stage2/{app}/rootfs"
-        ns = ["-m"]
     else:
         rootfs = f"/opt/stage2/{app}/rootfs"
-        ns = ["-m", "-u", "-i", "-n", "-p"]
-    argv = ["nsenter", "-t", str(pid), *ns, "--", "/usr/sbin/chroot", rootfs, *(command or ("/bin/sh",))]
-    os.execvp(argv[0], argv)
+    from rktd_units.stage1.enter import enter_app
+
+    spec = next(a for a in cfg["apps"] if a["name"] == app)
+    enter_app(pid, cfg, spec, rootfs, list(command or ("/bin/sh",)))
 
 
 def parse_duration(text: str) -> float:

@@ -165,6 +165,10 @@ def load_networks(local_config: Path) -> dict[str, NetConf]:
 
 
 def find_plugin(plugin_type: str, cni_path: str) -> Path:
+    """The plugin executable of a plain `type` in CNI_PATH; never a path (configurations are checked
+    when parsed, and a type read back from a pod's network state is checked here again)."""
+    if not plugin_type or "/" in plugin_type or plugin_type.startswith("."):
+        raise NetworkError(f"CNI plugin type {plugin_type!r} is not a plain name")
     for d in cni_path.split(":"):
         candidate = Path(d) / plugin_type
         if d and os.access(candidate, os.X_OK) and candidate.is_file():

@@ -21,12 +21,11 @@ import ipaddress
 import shutil
 import ssl
 import sys
-import tarfile
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -235,31 +234,49 @@ class Fetcher:
 
     # --- verification and import -------------------------------------------------------------------
 
-    def _verify(self, aci: Path, sig: Path | None, source: str, app: AppRef | None = None) -> bool:
-        """Check `aci` before import; True when a trusted key signed it."""
+    def _checked_import(
+        self, aci: Path, sig: Path | None, source: str, app: AppRef | None = None
+    ) -> ImageInfo:
+        """Check and import `aci` (when it is to be verified: a file only this process writes, so the
+        signature covers the very bytes imported). One tar reader, rktd's own, gives the manifest whose
+        name selects the keys (and which discovery must have asked for), and the import commits only if
+        the manifest it extracted is that same one: the name checked is the name stored.
+        """
         manifest = read_manifest(aci)
         if app is not None:
             check_discovered(manifest, app)
         if self.skip_verify:
             warn(f"not verifying the signature of {manifest.name} from {source} (--insecure-options=image)")
-            return False
-        if sig is None:
+        elif sig is None:
             raise TrustError(
                 f"image {manifest.name} from {source} has no signature",
                 hint="publish its detached signature as IMAGE.asc (or give --signature), "
                 "or skip the check with --insecure-options=image",
             )
-        from rktd_units.trust import verify
+        else:
+            from rktd_units.trust import verify
 
-        verify(manifest.name, aci, sig, self.keys)
-        return True
+            verify(manifest.name, aci, sig, self.keys)
 
-    def _import(self, aci: Path, *, trusted: bool, source: str) -> ImageInfo:
+        def same(extracted: ImageManifest) -> None:
+            if extracted != manifest:
+                raise TrustError(f"{source}: the image's manifest is not the one that was checked")
+
+        return self._import(aci, trusted=not self.skip_verify, source=source, check=same)
+
+    def _import(
+        self,
+        aci: Path,
+        *,
+        trusted: bool,
+        source: str,
+        check: Callable[[ImageManifest], object] | None = None,
+    ) -> ImageInfo:
         from rktd_units.aci import tty_progress
 
         bar = tty_progress("Importing") if self.http.progress else None
         try:
-            return self.store.import_aci(aci, trusted=trusted, source=source, progress=bar)
+            return self.store.import_aci(aci, trusted=trusted, source=source, progress=bar, check=check)
         finally:
             if bar:
                 bar.done()
@@ -278,15 +295,13 @@ class Fetcher:
                 raise ImageError(f"{path} is not in the store and the pull policy is never")
             return found
         if self.skip_verify or not sig.is_file():
-            trusted = self._verify(path, sig if sig.is_file() else None, str(path))
-            return self._import(path, trusted=trusted, source=str(path.resolve()))
+            return self._checked_import(path, None, str(path))
         # Verify and import one private copy, so that the file cannot be swapped between the two reads.
         with tempfile.TemporaryDirectory(prefix="rktd-fetch-") as tmp:
             copy = Path(tmp) / "image.aci"
             with open(path, "rb") as src, open(copy, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-            trusted = self._verify(copy, sig, str(path))
-            return self._import(copy, trusted=trusted, source=str(path.resolve()))
+            return self._checked_import(copy, sig, str(path))
 
     def fetch_url(self, url: str, *, signature: str | None = None) -> ImageInfo:
         if self.pull_policy != "update":
@@ -298,8 +313,7 @@ class Fetcher:
         self.http.check_url(url)
         with tempfile.TemporaryDirectory(prefix="rktd-fetch-") as tmp:
             aci, sig = self._download_pair(url, signature or url + ".asc", Path(tmp))
-            trusted = self._verify(aci, sig, url)
-            return self._import(aci, trusted=trusted, source=url)
+            return self._checked_import(aci, sig, url)
 
     def _download_pair(self, url: str, sig_url: str, tmp: Path) -> tuple[Path, Path | None]:
         aci, sig = tmp / "image.aci", tmp / "image.aci.asc"
@@ -330,7 +344,7 @@ class Fetcher:
         from rktd_units.appc_discovery import discover
 
         if self.pull_policy != "update":
-            found = self.store.find(app.name, dict(app.labels))
+            found = self.store.find_verified(app.name, dict(app.labels), insecure=self.insecure)
             if found is not None:
                 return found
             if self.pull_policy == "never":
@@ -357,8 +371,7 @@ class Fetcher:
                 except HttpError as e:
                     errors.append(e.message)
                     continue
-                trusted = self._verify(aci, sig, ep.aci, app)
-                return self._import(aci, trusted=trusted, source=ep.aci)
+                return self._checked_import(aci, sig, ep.aci, app)
         raise ImageError(f"could not download {app}: {'; '.join(errors)}")
 
     def fetch_docker(self, image: str) -> ImageInfo:
@@ -369,7 +382,7 @@ class Fetcher:
             if ref.digest:  # a digest names exactly one image: the one fetched by that reference
                 found = self._by_source(image)
             else:
-                found = self.store.find(ref.aci_name, {"version": ref.tag or "latest"})
+                found = self.store.find(ref.aci_name, {"version": ref.tag or "latest"}, with_docker=True)
             if found is not None:
                 return found
             if self.pull_policy == "never":
@@ -395,21 +408,17 @@ class Fetcher:
 
 
 def read_manifest(aci: Path) -> ImageManifest:
-    """The image manifest of the ACI at `aci` (any compression), read without extracting anything."""
-    from rktd_units.aci import MAX_MANIFEST, parse_manifest
+    """The image manifest of the ACI at `aci` (any compression), read without extracting anything, by
+    the tar reader that imports it (aci.py): never by another one, which may read another manifest."""
+    from rktd_units import aci as aci_mod
 
     try:
-        with tarfile.open(aci, mode="r|*") as tf:
-            for ti in tf:
-                if ti.name.lstrip("./") == "manifest" and ti.isfile():
-                    if ti.size > MAX_MANIFEST:
-                        raise ImageError(f"{aci}: manifest larger than {MAX_MANIFEST} bytes")
-                    f = tf.extractfile(ti)
-                    assert f is not None
-                    return parse_manifest(f.read(), f"{aci}:manifest")
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise ImageError(f"{aci}: not a readable ACI: {e}") from None
-    raise ImageError(f"{aci}: the archive has no manifest")
+        with open(aci, "rb") as f:
+            return aci_mod.read_manifest(f)
+    except OSError as e:
+        raise ImageError(f"{aci}: not a readable ACI: {e.strerror}") from None
+    except ImageError as e:
+        raise ImageError(f"{aci}: not a usable ACI: {e.message}", hint=e.hint) from None
 
 
 def check_discovered(manifest: ImageManifest, app: AppRef) -> None:

@@ -146,14 +146,16 @@ def generate(sink: Sink, log: Log) -> int:
     """Both passes over the manifest path; the number of manifests (or files) that failed."""
     from rktd_units import formats, podpath, units
 
-    found, errors = podpath.scan_files()  # paths as strings: no pathlib at boot
+    # Paths as strings (no pathlib at boot); each manifest's bytes as read from the file StrictModes
+    # checked: it is never opened again by path (which another file could have replaced by then).
+    found, errors = podpath.scan_data()
     failed = len(errors)
     for error in errors:
         log(ERR, str(error))
-    names = frozenset(name for name, _, _ in found)
-    for name, path, _ in found:
+    names = frozenset(name for name, _, _, _ in found)
+    for name, path, _, data in found:
         try:
-            podfile = formats.load(path, name)
+            podfile = formats.load_bytes(data, path, name)
             if not os.path.isabs(podfile.path):  # a relative $RKTD_PODS_PATH entry
                 from dataclasses import replace
 

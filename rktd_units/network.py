@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rktd_units import cni
+from rktd_units import cni, netspec
 from rktd_units.cni import Dns, Interface, NetConf, PluginError
 from rktd_units.errors import CommandError, NetworkError, UsageError
 from rktd_units.run import run
@@ -42,10 +42,8 @@ NETNS_PREFIX = "rktd-"
 DEFAULT_DATA_DIR = Path("/var/lib/rktd/networks")
 STATE_VERSION = 1
 _OWN_FILES = ("resolv.conf", "hosts", "state.json")
-_AC_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?$")
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_CNI_ARG = re.compile(r"^[A-Za-z0-9_]+=[^;=]*$")
 
 
 class NetKind(enum.StrEnum):
@@ -144,24 +142,12 @@ def _parse_hosts_entry(entry: str) -> tuple[str, str]:
 
 
 def parse_nets(nets: str) -> list[tuple[str, str]]:
-    """`default`, `host`, `none`, `all` or `NAME[:K=V;K2=V2],...` → [(name, CNI_ARGS)]."""
-    out: list[tuple[str, str]] = []
-    for item in (nets or "default").split(","):
-        name, _, args = item.partition(":")
-        if not _AC_NAME.match(name):
-            raise UsageError(f"--net: {name!r} is not a network name")
-        for kv in args.split(";") if args else ():
-            if not _CNI_ARG.match(kv):
-                raise UsageError(f"--net={item}: {kv!r} is not K=V")
-        if any(name == n for n, _ in out):
-            raise UsageError(f"--net: network {name!r} is listed twice")
-        out.append((name, args))
-    special = [n for n, _ in out if n in ("host", "none")]
-    if special and len(out) > 1:
-        raise UsageError(f"--net={special[0]} cannot be combined with other networks")
-    if any(a for n, a in out if n in ("host", "none", "all")):
-        raise UsageError("--net: host, none and all take no arguments")
-    return out
+    """`default`, `host`, `none`, `all` or `NAME[:K=V;K2=V2],...` → [(name, CNI_ARGS)]: the grammar
+    the `rktd/net` annotation is checked with (netspec.py)."""
+    try:
+        return netspec.parse(nets)
+    except ValueError as e:
+        raise UsageError(f"--net: {e}") from None
 
 
 def parse_port_flag(text: str) -> tuple[str, str | None, int]:
@@ -673,12 +659,17 @@ def _rollback(pod_uuid: str, pod_dir: Path, local_config: Path, cause: BaseExcep
             cause.hint = f"{cause.hint + '; ' if cause.hint else ''}cleanup failed, run rktd gc: {undo}"
 
 
-def teardown(pod_uuid: str, pod_dir: Path, *, local_config: Path) -> None:
+def teardown(
+    pod_uuid: str, pod_dir: Path, *, local_config: Path, cni_path: str = cni.DEFAULT_CNI_PATH
+) -> None:
     """Undo `setup()` from `<pod_dir>/net/state.json`: DEL every network (last first), delete the netns.
 
     Idempotent; safe after a crash at any point of setup. `local_config` is not needed (the state
     holds the exact configurations that were ADDed, as CNI DEL requires) and is accepted for symmetry.
     If a DEL fails, the namespace and the state are kept so that a later teardown can retry.
+    Nothing the host runs or deletes is taken from the state as is: plugins come from `cni_path` (the
+    configured CNI_PATH, not the state's) by plain names only, and the container ID and namespace
+    are this pod's own.
     """
     del local_config
     state = _read_state(pod_dir)
@@ -686,10 +677,15 @@ def teardown(pod_uuid: str, pod_dir: Path, *, local_config: Path) -> None:
         with contextlib.suppress(NetworkError):
             _delete_netns(netns_name(pod_uuid))
         return
+    if state.get("cni_path") != cni_path:
+        log.warning(
+            "pod %s: network state names CNI_PATH %r; using %s", pod_uuid, state.get("cni_path"), cni_path
+        )
+    netns = str(NETNS_DIR / netns_name(pod_uuid)) if state.get("netns") else ""
     errors: list[str] = []
     with _portmap_lock() if any(e.get("portmap") for e in state["networks"]) else _no_lock():
         for entry in reversed(state["networks"]):
-            errors += _del_network(entry, state.get("netns") or "", state["cni_path"])
+            errors += _del_network(entry | {"container_id": pod_uuid}, netns, cni_path)
         if state["networks"] and not errors:
             try:
                 cni.sweep_nat(pod_uuid, [e["name"] for e in state["networks"]])
@@ -705,7 +701,7 @@ def teardown(pod_uuid: str, pod_dir: Path, *, local_config: Path) -> None:
             f"pod {pod_uuid}: network teardown incomplete: {errors[0]}", hint="rktd gc retries it"
         )
     if state.get("netns_name"):
-        _delete_netns(state["netns_name"])
+        _delete_netns(netns_name(pod_uuid))
     for path in (pod_dir / "net").glob("*"):
         if path.name in _OWN_FILES or path.name.startswith(("hosts-", ".")):
             with contextlib.suppress(FileNotFoundError):

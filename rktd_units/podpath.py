@@ -15,15 +15,16 @@ Two passes (STYLE.md rule 4): `scan()` indexes every pod name without parsing an
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterable, Sequence
 
 from rktd_units import formats
-from rktd_units.annotations import AC_NAME_RE
 from rktd_units.errors import ManifestError, PodError
 from rktd_units.frozen import frozen
 from rktd_units.model import ManifestFormat, PodFile
+from rktd_units.names import AC_NAME_RE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -60,40 +61,191 @@ class Candidate:
     kind: ManifestFormat
 
 
-# What `_index` finds for one name, paths as strings: (name, path, kind) of the winning file, or
-# (name, path, None) for a mask, or the error.
-_Found = tuple[str, str, ManifestFormat | None]
+# What `_index` finds for one name, paths as strings: (name, path, kind, bytes read) of the winning
+# file, or (name, path, None, None) for a mask, or the error.
+_Found = tuple[str, str, ManifestFormat | None, bytes | None]
 _Outcome = _Found | ManifestError
 
 
-def _is_mask(path: _StrPath, st: os.stat_result) -> bool:
-    if os.path.islink(path) and os.path.realpath(path) == os.devnull:
-        return True
-    return stat.S_ISREG(st.st_mode) and st.st_size == 0
+_O_STEP = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC  # a directory passed, or a symbolic link to read
+_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC  # the manifest
+_O_LIST = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_WRITABLE = stat.S_IWGRP | stat.S_IWOTH
+_MAX_LINKS = 40  # as the kernel's limit on symbolic links in one lookup
+_DEV_NULL = os.makedev(1, 3)
+_NOT_A_DIR = "is a directory, not a manifest file"
 
 
-def _mode_problem(st: os.stat_result, what: str) -> str | None:
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"{what} is writable by group or others"
+class _Refused(Exception):
+    """StrictModes refuses something on the way to a manifest: what is wrong, and what to do."""
+
+    def __init__(self, problem: str, hint: str) -> None:
+        super().__init__(problem)
+        self.problem, self.hint = problem, hint
+
+
+def _owner_problem(st: os.stat_result) -> str | None:
     euid = os.geteuid()
-    if st.st_uid not in (0, euid):
-        owner = "root" if euid == 0 else f"root or uid {euid}"
-        return f"{what} is owned by uid {st.st_uid}, not {owner}"
-    return None
+    if st.st_uid in (0, euid):
+        return None
+    return f"is owned by uid {st.st_uid}, not {'root' if euid == 0 else f'root or uid {euid}'}"
 
 
-def _strict(path: str, dir_st: os.stat_result, st: os.stat_result) -> ManifestError | None:
-    problem = _mode_problem(dir_st, "its directory") or _mode_problem(st, "the manifest")
+class _Opened:
+    """What a path led to: `st` of the object reached (None: a symbolic link to /dev/null), and the
+    bytes read from that same open file if it is a regular, non-empty file."""
+
+    __slots__ = ("data", "st")
+
+    def __init__(self, st: os.stat_result | None, data: bytes | None = None) -> None:
+        self.st, self.data = st, data
+
+    @property
+    def is_mask(self) -> bool:
+        st = self.st
+        if st is None:
+            return True
+        if stat.S_ISCHR(st.st_mode):
+            return st.st_rdev == _DEV_NULL
+        return stat.S_ISREG(st.st_mode) and st.st_size == 0
+
+
+class _Walk:
+    """Resolves a path one component at a time from /, by file descriptors: each step is an openat()
+    with O_NOFOLLOW in the directory reached so far, and symbolic links are read and followed here.
+    So everything that decides which file is read is checked, and the file checked (fstat) is the
+    one read. StrictModes, as sshd's: every directory passed and every symbolic link followed is
+    owned by root (or, not as root, by us); the manifest's own directory is writable by nobody else;
+    a directory above it may be writable by others only if it is sticky (as /tmp: others cannot
+    rename or remove what is ours there)."""
+
+    def __init__(self, base: _Walk | None = None) -> None:
+        # The directories of the real path so far, from / down: fd (O_PATH), real path, fstat.
+        self.dirs: list[tuple[int, str, os.stat_result]] = list(base.dirs) if base else []
+        self.own: set[int] = set()  # the fds opened here (a base's belong to the base)
+        self.writable: list[tuple[str, os.stat_result]] = []  # directories passed that others can write
+        self.links = 0
+
+    def close(self) -> None:
+        for fd in self.own:
+            os.close(fd)
+        self.own.clear()
+
+    def _push(self, fd: int, path: str, st: os.stat_result) -> None:
+        self.own.add(fd)
+        self.dirs.append((fd, path, st))
+        problem = _owner_problem(st)
+        if problem:
+            raise _Refused(f"directory {path} {problem}", f"chown root {path}, or move the manifest")
+        if st.st_mode & _WRITABLE:
+            self.writable.append((path, st))
+
+    def _root(self) -> None:
+        self.dirs = []
+        fd = os.open("/", _O_STEP | os.O_DIRECTORY)
+        self._push(fd, "/", os.fstat(fd))
+
+    def _check_writable(self) -> None:
+        """Before anything in the directory reached is opened for reading."""
+        _, top, top_st = self.dirs[-1]
+        if top_st.st_mode & _WRITABLE:
+            raise _Refused("its directory is writable by group or others", f"chmod go-w {top}")
+        for path, st in self.writable:
+            if not st.st_mode & stat.S_ISVTX:
+                problem = f"directory {path} above it is writable by group or others"
+                raise _Refused(problem, f"chmod go-w {path}")
+
+    def _link(self, fd: int, path: str) -> str:
+        """The target of the symbolic link open as `fd` (O_PATH), after the checks."""
+        self.links += 1
+        if self.links > _MAX_LINKS:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+        problem = _owner_problem(os.fstat(fd))
+        if problem:
+            raise _Refused(f"the symbolic link {path} {problem}", f"chown -h root {path}")
+        return os.readlink("", dir_fd=fd)
+
+    def _walk(self, path: str, *, to_dir: bool) -> tuple[int, str, str]:
+        """Follow `path` (absolute, or relative to the directory reached) to its last component:
+        (the fd of the directory it is in, its real path, its name); with `to_dir`, to the directory
+        it names: (its fd, its real path, "")."""
+        if not self.dirs or path.startswith("/"):
+            self._root()
+        todo = [c for c in reversed(path.split("/")) if c not in ("", os.curdir)]
+        while todo:
+            name = todo.pop()
+            if name == os.pardir:
+                if len(self.dirs) > 1:
+                    self.dirs.pop()  # its fd stays open (and owned) until close()
+                continue
+            top_fd, top, _ = self.dirs[-1]
+            here = top.rstrip("/") + "/" + name
+            if not todo and not to_dir:
+                return top_fd, here, name
+            fd = os.open(name, _O_STEP, dir_fd=top_fd)
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                self._push(fd, here, st)
+                continue
+            try:
+                if not stat.S_ISLNK(st.st_mode):
+                    raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), here)
+                target = self._link(fd, here)
+            finally:
+                os.close(fd)
+            if target.startswith("/"):
+                self._root()
+            todo += [c for c in reversed(target.split("/")) if c not in ("", os.curdir)]
+        if not to_dir:
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), self.dirs[-1][1])
+        return self.dirs[-1][0], self.dirs[-1][1], ""
+
+    def open_dir(self, path: str) -> int:
+        """An fd to list the directory `path`, checked as a manifest's own directory is."""
+        fd, _, _ = self._walk(_absolute(path), to_dir=True)
+        self._check_writable()
+        return os.open(os.curdir, _O_LIST, dir_fd=fd)
+
+    def read(self, path: str) -> _Opened:
+        """Open `path` (absolute, or relative to the base's directory) once, check what was opened
+        (fstat), and read it from that same open file."""
+        while True:
+            dir_fd, here, name = self._walk(path, to_dir=False)
+            self._check_writable()
+            try:
+                fd = os.open(name, _O_READ, dir_fd=dir_fd)
+            except OSError as e:
+                if e.errno != errno.ELOOP:
+                    raise
+                fd = os.open(name, _O_STEP, dir_fd=dir_fd)  # a symbolic link, to follow here
+                try:
+                    if not stat.S_ISLNK(os.fstat(fd).st_mode):
+                        raise
+                    path = self._link(fd, here)
+                finally:
+                    os.close(fd)
+                if path == os.devnull:
+                    return _Opened(None)  # a mask: nothing more to open
+                continue
+            try:
+                return _opened(fd, here)
+            finally:
+                os.close(fd)
+
+
+def _opened(fd: int, real: str) -> _Opened:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+        return _Opened(st)  # a mask, or not a manifest: nothing to read
+    if st.st_mode & _WRITABLE:
+        raise _Refused("the manifest is writable by group or others", f"chmod go-w {real}")
+    problem = _owner_problem(st)
     if problem:
-        return ManifestError(
-            path, "", f"refused: {problem}", hint=f"chmod go-w and chown root {_parent(path)} and {path}"
-        )
-    return None
-
-
-def _parent(path: str) -> str:
-    """`str(Path(path).parent)` of a path `_as_path` made."""
-    return os.path.dirname(path) or "."
+        raise _Refused(f"the manifest {problem}", f"chown root {real}")
+    chunks = []
+    while chunk := os.read(fd, max(st.st_size + 1, 1 << 16)):
+        chunks.append(chunk)
+    return _Opened(st, b"".join(chunks))
 
 
 def _as_path(path: str) -> str:
@@ -102,24 +254,42 @@ def _as_path(path: str) -> str:
     return root + "/".join(p for p in path.split("/") if p and p != ".") or "."
 
 
-def _entries(directory: str) -> dict[str, list[tuple[str, formats.Format]]] | None:
-    """Manifest files of one directory grouped by stem; None if the directory does not exist."""
-    try:
-        names = sorted(os.listdir(directory))
-    except (FileNotFoundError, NotADirectoryError):
-        return None  # other OSErrors (EACCES, EIO) reach the caller, who reports them
+def _absolute(path: str) -> str:
+    """`path` from /, without resolving anything (the walk does, as the kernel would)."""
+    return path if path.startswith("/") else os.getcwd() + "/" + path
+
+
+def _entries(directory: str | int, shown: str) -> dict[str, list[tuple[str, formats.Format]]]:
+    """Manifest files of one directory (a path, or an fd to list) grouped by stem, paths under `shown`."""
     out: dict[str, list[tuple[str, formats.Format]]] = {}
-    for entry in names:
+    for entry in sorted(os.listdir(directory)):
         fmt = formats.format_for(entry)
         if fmt is None or entry.startswith("."):
             continue
         out.setdefault(entry[: -len(os.path.splitext(entry)[1])], []).append(
-            (os.path.join(directory, entry), fmt)
+            (os.path.join(shown, entry), fmt)
         )
     return out
 
 
-def _decide(name: str, files: list[tuple[str, formats.Format]], dir_st: os.stat_result) -> _Outcome:
+def _refused(path: str, refusal: _Refused) -> ManifestError:
+    return ManifestError(path, "", f"refused: {refusal.problem}", hint=refusal.hint)
+
+
+def _read(path: str, base: _Walk | None = None) -> _Opened:
+    """`_Walk.read()`: a manifest opened once, checked and read; ManifestError if refused or unreadable."""
+    walk = _Walk(base)
+    try:
+        return walk.read(os.path.basename(path) if base else _absolute(path))
+    except _Refused as r:
+        raise _refused(path, r) from None
+    except OSError as e:
+        raise ManifestError(path, "", f"cannot read: {e.strerror or e}") from None
+    finally:
+        walk.close()
+
+
+def _decide(name: str, files: list[tuple[str, formats.Format]], directory: _Walk) -> _Outcome:
     """What one directory says about one pod name."""
     if len(files) > 1:
         paths = " and ".join(p for p, _ in files)
@@ -128,17 +298,14 @@ def _decide(name: str, files: list[tuple[str, formats.Format]], dir_st: os.stat_
         )
     path, fmt = files[0]
     try:
-        st = os.stat(path)
-    except OSError as e:
-        return ManifestError(path, "", f"cannot read: {e.strerror or e}")
-    if _is_mask(path, st):
-        dir_problem = _mode_problem(dir_st, "its directory")
-        if dir_problem:
-            return ManifestError(path, "", f"refused: {dir_problem}", hint=f"chmod go-w {_parent(path)}")
-        return (name, path, None)
-    if not stat.S_ISREG(st.st_mode):
+        opened = _read(path, directory)
+    except ManifestError as e:
+        return e
+    if opened.is_mask:
+        return (name, path, None, None)
+    if opened.data is None:
         return ManifestError(path, "", "not a regular file")
-    return _strict(path, dir_st, st) or (name, path, fmt.kind)
+    return (name, path, fmt.kind, opened.data)
 
 
 def _index(dirs: Sequence[_StrPath] | None) -> tuple[dict[str, _Outcome], list[ManifestError]]:
@@ -146,42 +313,70 @@ def _index(dirs: Sequence[_StrPath] | None) -> tuple[dict[str, _Outcome], list[M
     outcomes: dict[str, _Outcome] = {}
     stray: list[ManifestError] = []
     for directory in (_as_path(os.fspath(d)) for d in (_search_dirs() if dirs is None else dirs)):
+        walk = _Walk()
+        refusal: ManifestError | None = None
         try:
-            groups = _entries(directory)
-            if groups is None:
-                continue
-            dir_st = os.stat(directory)
-        except OSError as e:
+            try:
+                fd = walk.open_dir(directory)
+            except _Refused as r:  # every manifest in it is refused (and hides lower ones): list them
+                refusal = _refused(directory, r)
+                groups = _entries(directory, directory)
+            else:
+                try:
+                    groups = _entries(fd, directory)
+                finally:
+                    os.close(fd)
+        except (FileNotFoundError, NotADirectoryError):
+            walk.close()
+            continue
+        except OSError as e:  # EACCES, EIO, ELOOP: reported
+            walk.close()
             stray.append(ManifestError(directory, "", f"cannot read: {e.strerror or e}"))
             continue
-        for name, files in groups.items():
-            if not AC_NAME_RE.match(name):
-                for path, _ in files:
-                    stray.append(
-                        ManifestError(
-                            path,
-                            "",
-                            f"{name!r} is not a pod name (an AC Name)",
-                            hint="lower-case letters, digits and single dashes, e.g. my-pod.json",
-                        )
+        try:
+            for name, files in groups.items():
+                if not AC_NAME_RE.fullmatch(name):
+                    stray += [_not_a_name(path, name) for path, _ in files]
+                elif name not in outcomes:
+                    outcomes[name] = (
+                        refusal.with_path(files[0][0]) if refusal else _decide(name, files, walk)
                     )
-            elif name not in outcomes:
-                outcomes[name] = _decide(name, files, dir_st)
+        finally:
+            walk.close()
     return outcomes, stray
+
+
+def _not_a_name(path: str, name: str) -> ManifestError:
+    return ManifestError(
+        path,
+        "",
+        f"{name!r} is not a pod name (an AC Name)",
+        hint="lower-case letters, digits and single dashes, e.g. my-pod.json",
+    )
 
 
 def _sorted_errors(errors: Iterable[ManifestError]) -> list[ManifestError]:
     return sorted(errors, key=lambda e: (e.path or "", e.field, e.message))
 
 
-def scan_files(
+def scan_data(
     dirs: Sequence[_StrPath] | None = None,
-) -> tuple[list[tuple[str, str, ManifestFormat]], list[ManifestError]]:
-    """`scan()` with (name, path, format) tuples and paths as strings, for the generator."""
+) -> tuple[list[tuple[str, str, ManifestFormat, bytes]], list[ManifestError]]:
+    """The winning manifest per pod name as (name, path, format, bytes), the bytes read from the very
+    file StrictModes checked (parse them with `formats.load_bytes`), and the files refused. For the
+    generator: no second open by path, so no window to swap the file in between."""
     outcomes, errors = _index(dirs)
     found = [o for _, o in sorted(outcomes.items()) if isinstance(o, tuple) and o[2] is not None]
     errors += [o for o in outcomes.values() if isinstance(o, ManifestError)]
-    return found, _sorted_errors(errors)  # type: ignore[return-value]  # o[2] is not None
+    return found, _sorted_errors(errors)  # type: ignore[return-value]  # o[2] and o[3] are not None
+
+
+def scan_files(
+    dirs: Sequence[_StrPath] | None = None,
+) -> tuple[list[tuple[str, str, ManifestFormat]], list[ManifestError]]:
+    """`scan()` with (name, path, format) tuples and paths as strings."""
+    found, errors = scan_data(dirs)
+    return [(name, path, kind) for name, path, kind, _ in found], errors
 
 
 def scan(dirs: Sequence[Path] | None = None) -> tuple[list[Candidate], list[ManifestError]]:
@@ -197,17 +392,30 @@ def all_names(candidates: Iterable[Candidate]) -> frozenset[str]:
     return frozenset(c.name for c in candidates)
 
 
+def _load_checked(path: str, name: str) -> PodFile:
+    """Open, check (StrictModes) and read the manifest file at `path` once, and parse those bytes."""
+    formats.require_format(path)
+    opened = _read(path)
+    if opened.is_mask:
+        raise PodError(f"{path} is a mask (an empty file or a link to /dev/null), not a manifest")
+    if opened.data is None:
+        is_dir = opened.st is not None and stat.S_ISDIR(opened.st.st_mode)
+        raise ManifestError(path, "", _NOT_A_DIR if is_dir else "not a regular file")
+    return formats.load_bytes(opened.data, path, name)
+
+
 def load_candidate(candidate: Candidate) -> PodFile:
-    return formats.load(candidate.path, candidate.name)
+    """Second pass for one candidate: the file is opened and checked again, and parsed as read then."""
+    return _load_checked(str(candidate.path), candidate.name)
 
 
 def load_all(dirs: Sequence[Path] | None = None) -> tuple[list[PodFile], list[ManifestError]]:
     """Second pass: parse every winning manifest; one bad file never stops the others."""
-    candidates, errors = scan(dirs)
+    found, errors = scan_data(dirs)
     pods: list[PodFile] = []
-    for candidate in candidates:
+    for name, path, _, data in found:
         try:
-            pods.append(load_candidate(candidate))
+            pods.append(formats.load_bytes(data, path, name))
         except ManifestError as e:
             errors.append(e)
     return pods, _sorted_errors(errors)
@@ -225,20 +433,12 @@ def find(name_or_path: str, dirs: Sequence[Path] | None = None) -> PodFile:
 
         path = Path(name_or_path)
         name = path.name[: -len(path.suffix)] if path.suffix else path.name
-        if not AC_NAME_RE.match(name):
+        if not AC_NAME_RE.fullmatch(name):
             raise ManifestError(
                 str(path), "", f"{name!r} is not a pod name (an AC Name)", hint="rename the file"
             )
-        if os.path.isdir(path):
-            raise ManifestError(str(path), "", "is a directory, not a manifest file")
-        try:
-            masked = _is_mask(path, path.stat())
-        except OSError:
-            masked = False  # formats.load() reports why it cannot be read
-        if masked:
-            raise PodError(f"{path} is a mask (an empty file or a link to /dev/null), not a manifest")
-        return formats.load(path, name)
-    if not AC_NAME_RE.match(name_or_path):
+        return _load_checked(str(path), name)
+    if not AC_NAME_RE.fullmatch(name_or_path):
         raise PodError(f"{name_or_path!r} is not a pod name (an AC Name) or a manifest path")
     searched = search_path() if dirs is None else list(dirs)
     outcome = _index(searched)[0].get(name_or_path)
@@ -247,10 +447,10 @@ def find(name_or_path: str, dirs: Sequence[Path] | None = None) -> PodFile:
         raise PodError(f"no pod manifest named {name_or_path!r} in {where}", hint=f"add {name_or_path}.json")
     if isinstance(outcome, ManifestError):
         raise outcome
-    _, found, kind = outcome
-    if kind is None:
+    _, found, kind, data = outcome
+    if kind is None or data is None:
         raise PodError(f"pod {name_or_path!r} is masked by {found}")
-    return formats.load(found, name_or_path)
+    return formats.load_bytes(data, found, name_or_path)
 
 
 def dangling_references(pod_file: PodFile, names: Iterable[str]) -> list[ManifestError]:
@@ -260,7 +460,7 @@ def dangling_references(pod_file: PodFile, names: Iterable[str]) -> list[Manifes
     errors = []
     for annotation in ("rktd/after", "rktd/requires"):
         for word in (pod_file.pod.annotation(annotation) or "").split():
-            if AC_NAME_RE.match(word) and word not in known:
+            if AC_NAME_RE.fullmatch(word) and word not in known:
                 errors.append(
                     ManifestError(
                         pod_file.path,

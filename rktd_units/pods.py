@@ -22,9 +22,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from rktd_units.errors import PodError
+
+TYPE_CHECKING = False  # typing is imported only for the type checker: it is on every pod start
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class State(enum.StrEnum):
@@ -47,6 +50,11 @@ CGROUPS_FILE = "cgroups"  # cgroup directories stage1 created, one per line, rem
 NETWORK_STATE = "net/state.json"  # written by rktd_units.network.setup(); gc tears the network down
 
 DEFAULT_GRACE = 30 * 60.0
+# Pod directories hold the apps' writable layers (a setuid file an app made there is the host's
+# too) and their environments: only root may enter them, or list them.
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+MAX_STATUS = 64  # bytes of an exit status file worth reading
 
 
 @dataclass
@@ -100,7 +108,7 @@ class PodDir:
         """Atomically rename the pod directory into state `to` (the lock, on the inode, stays)."""
         src = self.path
         dst = self.root / to.value / self.uuid
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         try:
             os.rename(src, dst)
         except OSError as e:
@@ -115,17 +123,21 @@ class PodDir:
             return None
 
     def write_atomic(self, name: str, data: bytes, *, durable: bool = True) -> None:
-        write_atomic(self.path / name, data, durable=durable)
+        write_atomic(self.path / name, data, FILE_MODE, durable=durable)
 
     def config(self) -> dict[str, Any]:
         cfg = self.read_json(STAGE1_CONFIG)
         return cfg if isinstance(cfg, dict) else {}
 
     def pid(self) -> int | None:
+        """stage1's pid, only if that process holds the pod's lock: a pid file that names any other
+        process (stale, or not written by stage0) must never get a signal meant for the pod."""
         try:
-            return int((self.path / PID_FILE).read_text().strip())
+            pid = int((self.path / PID_FILE).read_text().strip())
+            inode = os.stat(self.path).st_ino
         except (OSError, ValueError):
             return None
+        return pid if pid > 0 and (pid, inode) in flock_holders() else None
 
     def app_statuses(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -133,7 +145,7 @@ class PodDir:
         if status_dir.is_dir():
             for entry in sorted(status_dir.iterdir()):
                 try:
-                    out[entry.name] = int(entry.read_text().strip())
+                    out[entry.name] = int(read_regular(entry, MAX_STATUS).strip())
                 except (OSError, ValueError):
                     continue
         return out
@@ -209,6 +221,42 @@ class PodDir:
         ]
 
 
+def flock_holders() -> set[tuple[int, int]]:
+    """(pid, inode) of every flock(2) lock held now, from /proc/locks."""
+    out = set()
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[4].isdigit():
+                    with_inode = fields[5].rsplit(":", 1)
+                    if with_inode[-1].isdigit():
+                        out.add((int(fields[4]), int(with_inode[-1])))
+    except OSError:
+        pass
+    return out
+
+
+def read_regular(path: Path, limit: int) -> str:
+    """At most `limit` bytes of a regular file, never following a symlink nor blocking on a FIFO."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"{path}: not a regular file")
+        data = b""
+        while len(data) < limit:
+            chunk = os.read(fd, min(limit - len(data), max(st.st_size - len(data), 4096)))
+            if not chunk:
+                break
+            data += chunk
+        return data.decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
     """Write to a temporary name in the same directory, fsync (unless `durable` is false: files of a
     pod that is about to run die with it on a crash, and fsync is slow on a busy disk), rename."""
@@ -242,12 +290,13 @@ class Pods:
         """A new pod directory in `embryo`, moved to `prepare` and locked by the caller."""
         pod_uuid = pod_uuid or new_uuid()
         embryo = self.root / State.EMBRYO.value
-        embryo.mkdir(parents=True, exist_ok=True)
+        embryo.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(self.root, DIR_MODE)  # also where an older rktd made it world-readable
         for state in State:
             if (self.root / state.value / pod_uuid).exists():
                 raise PodError(f"pod {pod_uuid} already exists")
         pod = PodDir(self.root, pod_uuid, State.EMBRYO)
-        os.mkdir(pod.path, 0o711)
+        os.mkdir(pod.path, DIR_MODE)
         pod.lock()
         pod.move(State.PREPARE)
         return pod
@@ -308,7 +357,7 @@ def gc(pods: Pods, *, grace: float = DEFAULT_GRACE, prepared_expiry: float = 24 
     for pod in list(pods.all()):
         try:
             _gc_one(pod, now, grace, prepared_expiry, report)
-        except (OSError, PodError) as e:
+        except Exception as e:  # one pod's failure (whatever its app left) never stops the others
             report.errors.append(f"{pod.uuid}: {e}")
     return report
 
@@ -342,11 +391,58 @@ def remove(pod: PodDir) -> None:
     pod.lock()
     try:
         release_resources(pod)
-        import shutil
-
-        shutil.rmtree(pod.path)
+        remove_tree(pod.path)
     finally:
         pod.unlock()
+
+
+def remove_tree(top: Path) -> None:
+    """rm -rf without recursion (an app can nest directories deeper than Python's recursion limit,
+    and paths longer than PATH_MAX): by directory fds, never following a symlink, with at most
+    `_MAX_OPEN` directories open; a deeper directory is first renamed up into `top` itself."""
+    top_fd = os.open(top, _DIR_FLAGS)
+    try:
+        pending: list[str | None] = [None]  # None: `top` itself; else a directory moved up into it
+        serial = 0
+        while pending:
+            first = pending.pop()
+            fd = os.dup(top_fd) if first is None else os.open(first, _DIR_FLAGS, dir_fd=top_fd)
+            stack = [(fd, first, top_fd, _unlink_files(fd))]
+            while stack:
+                fd, name, parent, subdirs = stack[-1]
+                if not subdirs:
+                    stack.pop()
+                    os.close(fd)
+                    if name is not None:
+                        os.rmdir(name, dir_fd=parent)
+                elif len(stack) >= _MAX_OPEN:
+                    serial += 1
+                    moved = f".rktd-deep-{os.getpid()}-{serial}"
+                    os.rename(subdirs.pop(), moved, src_dir_fd=fd, dst_dir_fd=top_fd)
+                    pending.append(moved)
+                else:
+                    sub = subdirs.pop()
+                    child = os.open(sub, _DIR_FLAGS, dir_fd=fd)
+                    stack.append((child, sub, fd, _unlink_files(child)))
+    finally:
+        os.close(top_fd)
+    os.rmdir(top)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_OPEN = 64
+
+
+def _unlink_files(fd: int) -> list[str]:
+    """Unlink everything but the subdirectories in the directory open at `fd`; return those."""
+    subdirs = []
+    with os.scandir(fd) as it:
+        for entry in it:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.name)
+            else:
+                os.unlink(entry.name, dir_fd=fd)
+    return subdirs
 
 
 def release_resources(pod: PodDir) -> None:
@@ -375,11 +471,16 @@ def remove_cgroups(pod_path: Path) -> None:
         return
     for line in sorted(lines, key=len, reverse=True):
         cg = Path(line.strip())
-        if not line.strip() or not cg.is_dir():
-            continue
-        for child in sorted((c for c in cg.iterdir() if c.is_dir()), reverse=True):
-            _rmdir_cgroup(child)
+        if not _is_pod_cgroup(cg, pod_path.name) or not cg.is_dir():
+            continue  # only the pod's own `rktd-<uuid>` cgroups, whatever the file says
+        for parent, _, _ in sorted(os.walk(cg), key=lambda w: len(w[0]), reverse=True):
+            if parent != os.fspath(cg):
+                _rmdir_cgroup(Path(parent))
         _rmdir_cgroup(cg)
+
+
+def _is_pod_cgroup(path: Path, pod_uuid: str) -> bool:
+    return path.is_absolute() and ".." not in path.parts and path.name == f"rktd-{pod_uuid}"
 
 
 def _rmdir_cgroup(path: Path, wait: float = 3.0) -> None:

@@ -17,7 +17,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NoReturn
 
 from rktd_units.errors import ImageError, PodError, UsageError
 from rktd_units.model import (
@@ -33,6 +32,10 @@ from rktd_units.model import (
     VolumeKind,
 )
 from rktd_units.pods import MANIFEST, STAGE1_CONFIG, PodDir, Pods, State, write_atomic
+
+TYPE_CHECKING = False  # typing is imported only for the type checker: it is on every pod start
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NOTIFY_ANNOTATION = "appc.io/executor/supports-systemd-notify"
@@ -199,7 +202,9 @@ def _find_image(store: Any, ref: ImageRef, opts: RunOptions) -> Any:
     assert ref.name is not None
     plain = not _is_fetchable(ref.name) and not ref.is_docker
     if plain and opts.pull_policy != "update":
-        found = store.find(ref.name, {label.name: label.value for label in ref.labels})
+        found = store.find_verified(
+            ref.name, {label.name: label.value for label in ref.labels}, insecure=opts.insecure
+        )
         if found is not None:
             return found
         if opts.pull_policy == "never":
@@ -246,6 +251,7 @@ def app_spec(r: Resolved, ra: RuntimeApp, pod: Pod, opts: RunOptions, pod_path: 
     uid, home = resolve_user(r.rootfs, (arg and arg.user) or app.user)
     gid = resolve_group(r.rootfs, (arg and arg.group) or app.group)
     isolators = _isolators(pod, app, arg)
+    isolators["image_caps"] = _retain_from_image(r, app, arg)
     env = _environment(app, arg, opts, ra.name, home)
     socket_ports = [port.name for a, port, _ in pod.socket_activated_ports() if a.name == ra.name]
     read_only = arg.readonly_rootfs if arg and arg.readonly_rootfs is not None else ra.read_only_rootfs
@@ -317,13 +323,17 @@ def _environment(app: App, arg: ImageArg | None, opts: RunOptions, name: str, ho
 
 
 def _passwd(rootfs: Path, name: str) -> list[list[str]]:
+    from rktd_units.pods import read_regular
     from rktd_units.stage1 import resolve_in_root
 
-    try:
-        text = Path(resolve_in_root(str(rootfs), f"/etc/{name}")).read_text(errors="replace")
+    try:  # a regular file only: an image's FIFO there must not hang stage0, nor a huge file fill memory
+        text = read_regular(Path(resolve_in_root(str(rootfs), f"/etc/{name}")), MAX_PASSWD)
     except OSError:
         return []
     return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
+
+
+MAX_PASSWD = 4 << 20  # bytes of an image's /etc/passwd or /etc/group worth reading
 
 
 def resolve_user(rootfs: Path, user: str) -> tuple[int, str]:
@@ -434,6 +444,20 @@ def _sysctls(pod: Pod, net: str, flavour: str) -> dict[str, str]:
     return out
 
 
+RETAIN_SET = "os/linux/capabilities-retain-set"
+
+
+def _retain_from_image(r: Resolved, app: App, arg: ImageArg | None) -> bool:
+    """Does the app's capability retain set come from its image (not the pod manifest or the command
+    line)? Such a set may only narrow the default: stage1 never widens the container's for it."""
+    if arg is not None and arg.cap_retain is not None:
+        return False
+    own = r.app.app  # the pod manifest's app (a Kubernetes container) before the image's is merged in
+    if own is not None and any(i.name == RETAIN_SET for i in own.isolators):
+        return False
+    return any(i.name == RETAIN_SET for i in app.isolators)  # the final app: then it is the image's
+
+
 def _isolators(pod: Pod, app: App, arg: ImageArg | None) -> dict[str, Any]:
     """Pod isolators, overridden by the app's, overridden by the command line."""
     values: dict[str, Any] = {}
@@ -510,6 +534,9 @@ def prepare(opts: RunOptions, *, durable: bool = True) -> PodDir:
             "interactive": opts.interactive,
             "init": f"init{init.suffix}",
             "sysctls": _sysctls(pod, net, flavour),
+            # --insecure-options=capabilities: apps keep the container's whole set, seccomp: no filter
+            "all_caps": "capabilities" in opts.insecure,
+            "no_seccomp": "seccomp" in opts.insecure,
             "apps": apps,
         }
         from rktd_units.formats import appc
@@ -518,7 +545,7 @@ def prepare(opts: RunOptions, *, durable: bool = True) -> PodDir:
         pod_dir.write_atomic(
             STAGE1_CONFIG, json.dumps(cfg, indent=1, sort_keys=True).encode(), durable=durable
         )
-        _link_or_copy(init, pod_dir.path / f"init{init.suffix}")
+        _copy_init(init, pod_dir.path / f"init{init.suffix}")
     except BaseException:
         _abandon(pod_dir)
         raise
@@ -547,11 +574,15 @@ def init_program(data_dir: Path) -> Path:
     return cached
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def _copy_init(src: Path, dst: Path) -> None:
+    """A copy, never a hard link: a link would share the cached init's inode with every pod, and
+    one pod able to write its own would replace the init of all later pods."""
+    data = src.read_bytes()
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        os.link(src, dst)  # the cached init is never modified in place: share its inode
-    except OSError:
-        dst.write_bytes(src.read_bytes())
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def _abandon(pod_dir: PodDir) -> None:

@@ -8,7 +8,8 @@ Layout under `root` (the `--dir`, default /var/lib/rktd):
         manifest, rootfs/         the extracted tree, shared read-only by every pod of the image
         skeleton                  the uncompressed tar minus the files' data: with the tree, it gives
                                   back the exact tar (`image export`, checked against the ID)
-        info.json                 import time, source, policy, sizes
+        info.json                 import time, source, policy (`trusted`: a trusted key's signature
+                                  was verified; plain names prefer such images), sizes
         last-used                 its mtime is when a pod last held the image
 
 An import streams the ACI into a staging directory (hash, checks, extraction, skeleton), syncs the
@@ -32,13 +33,14 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
 
 from rktd_units.errors import ImageError, RktdError, StoreError
 from rktd_units.model import Dependency, ImageManifest, NameValue
 
+TYPE_CHECKING = False  # typing is imported only for the type checker: it is on every pod start
 if TYPE_CHECKING:
     import logging
+    from typing import BinaryIO
 
     from rktd_units.aci import AciResult, Policy
 
@@ -101,21 +103,106 @@ def _syncfs(fd: int) -> None:
         os.sync()
 
 
+_WINDOW = 64  # directory fds an rmtree keeps open; deeper levels are reopened through ".."
+
+
 def _rmtree(path: Path | str) -> None:
-    import shutil
-
-    def fix(func: Callable[..., object], p: str, exc: object) -> None:
-        parent = os.path.dirname(p)
-        with contextlib.suppress(OSError):
-            os.chmod(parent, 0o700)
+    """Remove the tree at `path` (a symlink or file: just that) at any depth: no recursion, so a deep
+    tree (a hostile image's, a pod's) cannot raise RecursionError, and a bounded number of open
+    descriptors. Never follows a symlink; makes unlistable or read-only directories writable first.
+    """
+    top = _open_dir(os.fspath(path), None)
+    if top is None:
         with contextlib.suppress(FileNotFoundError):
-            if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, 0o700)
-                shutil.rmtree(p, onerror=fix)
-            else:
-                os.unlink(p)
+            os.unlink(path)
+        return
+    # One frame per directory being emptied: ([its fd, or -1 once closed], (dev, ino), name, subdirs left)
+    frames: list[tuple[list[int], tuple[int, int], str, list[str]]] = []
+    frames.append(([top], _ident(top), os.fspath(path), _clear(top)))
+    try:
+        while frames:
+            fds, _, _, subdirs = frames[-1]
+            if subdirs:
+                name = subdirs.pop()
+                child = _open_dir(name, fds[0])
+                if child is None:  # not a directory (any more): gone or unlinked
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=fds[0])
+                    continue
+                frames.append(([child], _ident(child), name, _clear(child)))
+                far = frames[-_WINDOW - 1][0] if len(frames) > _WINDOW else [-1]
+                if far[0] >= 0:
+                    os.close(far[0])
+                    far[0] = -1
+                continue
+            fds, _, name, _ = frames.pop()
+            if not frames:
+                os.close(fds[0])
+                _retry(os.rmdir, os.fspath(path), None)
+                return
+            parent_fds, ident, _, _ = frames[-1]
+            try:
+                if parent_fds[0] < 0:
+                    parent_fds[0] = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fds[0])
+                    if _ident(parent_fds[0]) != ident:
+                        raise OSError(errno.ESTALE, "a directory moved while its tree was removed", name)
+            finally:
+                os.close(fds[0])
+            _retry(os.rmdir, name, parent_fds[0])
+    finally:
+        for fds, _, _, _ in frames:
+            if fds[0] >= 0:
+                os.close(fds[0])
 
-    shutil.rmtree(path, onerror=fix)
+
+rmtree = _rmtree
+
+
+def _ident(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _open_dir(name: str, dir_fd: int | None) -> int | None:
+    """An fd of the directory `name` (relative to `dir_fd`); None if it is not a directory."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except PermissionError:
+        os.chmod(name, 0o700, dir_fd=dir_fd)
+        return os.open(name, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno in (errno.ENOTDIR, errno.ELOOP):
+            return None
+        raise
+
+
+def _retry(op: Callable[..., object], name: str, dir_fd: int | None) -> None:
+    """`op(name, dir_fd=)` (unlink or rmdir), again after making its directory writable if refused."""
+    try:
+        op(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    except PermissionError:
+        if dir_fd is not None:
+            os.fchmod(dir_fd, 0o700)
+        else:
+            os.chmod(os.path.dirname(os.path.abspath(name)), 0o700)
+        op(name, dir_fd=dir_fd)
+
+
+def _clear(fd: int) -> list[str]:
+    """Unlink everything in the directory `fd` but its subdirectories; their names."""
+    subdirs = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.name)
+            else:
+                _retry(os.unlink, entry.name, fd)
+    return subdirs
 
 
 class Store:
@@ -186,12 +273,16 @@ class Store:
                     os.close(fd)
                     continue
                 taken.append((name, fd))
+        removed = []
         for name, fd in taken:
             try:
                 _rmtree(self.tmp_dir / name)
+                removed.append(name)
+            except OSError as e:  # the next clean-up tries again; an import must not fail for it
+                _log().warning("cannot remove %s: %s", self.tmp_dir / name, e)
             finally:
                 os.close(fd)
-        return [name for name, _ in taken]
+        return removed
 
     # --- import -------------------------------------------------------------------------------------
 
@@ -204,10 +295,14 @@ class Store:
         max_size: int | None = None,
         progress: Callable[[int], None] | None = None,
         source: str | None = None,
+        check: Callable[[ImageManifest], object] | None = None,
     ) -> ImageInfo:
         """Check, extract and store an ACI; return the stored image (an existing one if already there).
 
-        Raises ImageError for a refused image, leaving the store as it was.
+        `check` is called with the manifest exactly as extracted, before anything is committed: the
+        trust decision (signer's prefix, discovery's name and labels) is made on the image that will be
+        stored, and an exception from it refuses the import. Raises ImageError for a refused image,
+        leaving the store as it was.
         """
         from rktd_units import aci
 
@@ -227,6 +322,8 @@ class Store:
                 source = source or os.path.abspath(src)
             else:
                 result = self._extract_into(stage, src, policy, progress)
+            if check is not None:
+                check(result.manifest)
             info = {
                 "id": result.image_id,
                 "importTime": time.time(),
@@ -264,6 +361,7 @@ class Store:
         with self._lock():
             if dest.exists():
                 _log().debug("image %s is already in the store", image_id)
+                self._adopt_verification(stage, dest)
             else:
                 try:
                     os.rename(stage, dest)
@@ -272,6 +370,24 @@ class Store:
                         raise StoreError(f"cannot store {image_id}: {e.strerror}") from None
                 _fsync_dir(self.images_dir)
         return self._load(image_id)
+
+    def _adopt_verification(self, stage: Path, dest: Path) -> None:
+        """Under the store lock, for an image already stored: record this import's verified signature
+        if the stored copy had none. The trees are the same (same ID, and an unverified import
+        refuses the setuid files a verified one may keep), so only info.json changes.
+        """
+        try:
+            new = json.loads((stage / INFO).read_text())
+            old = json.loads((dest / INFO).read_text())
+        except (OSError, ValueError):
+            return
+        if not new.get("trusted") or old.get("trusted"):
+            return
+        old.update(trusted=True, source=new.get("source"))
+        tmp = dest / f".{INFO}.new"
+        tmp.write_text(json.dumps(old, indent=2, sort_keys=True) + "\n")
+        os.rename(tmp, dest / INFO)
+        _fsync_dir(dest)
 
     # --- reading ------------------------------------------------------------------------------------
 
@@ -338,17 +454,46 @@ class Store:
                 continue  # removed meanwhile
         return sorted(out, key=lambda i: (i.import_time, i.id))
 
-    def find(self, name: str, labels: Mapping[str, str] = {}) -> ImageInfo | None:
-        """The newest import whose name is `name` and whose labels include all of `labels`."""
+    def find(
+        self, name: str, labels: Mapping[str, str] = {}, *, with_docker: bool = False
+    ) -> ImageInfo | None:
+        """The image whose name is `name` and whose labels include all of `labels`: of several, a verified
+        one (a trusted key signed it) before any unverified one, so that an image fetched with
+        --insecure-options=image never shadows a signed one of the same name; then the newest.
+        Images converted from docker:// references (unsigned, named by whoever runs the registry) never
+        answer an appc name; only a docker reference (`with_docker=True`) may use them.
+        """
         best: ImageInfo | None = None
         for info in self.list():
-            if info.name != name:
+            if info.name != name or (is_docker(info) and not with_docker):
                 continue
             if any(info.label(k) != v for k, v in labels.items()):
                 continue
-            if best is None or (info.import_time, info.id) > (best.import_time, best.id):
+            if best is None or (info.trusted, info.import_time, info.id) > (
+                best.trusted,
+                best.import_time,
+                best.id,
+            ):
                 best = info
         return best
+
+    def find_verified(
+        self, name: str, labels: Mapping[str, str] = {}, *, insecure: Collection[str] = ()
+    ) -> ImageInfo | None:
+        """`find` for running an appc name: an unverified match is used, but with a warning on stderr
+        (the journal, under a unit) unless the caller skips verification (`--insecure-options=image`)."""
+        found = self.find(name, labels)
+        if found is not None and not found.trusted and "image" not in insecure:
+            import sys
+
+            print(
+                f"rktd: warning: image {name} ({found.short_id}, from {found.source or 'an import'}) "
+                "was stored without a verified signature; pass --insecure-options=image to run it "
+                f"knowingly, or fetch a signed copy: rktd fetch --pull-policy=update {name}",
+                file=sys.stderr,
+                flush=True,
+            )
+        return found
 
     def image_dir(self, image_id: str) -> Path:
         return self.images_dir / self.resolve(image_id)
@@ -419,6 +564,8 @@ class Store:
             fd, moved = self._take(full)
         try:
             _rmtree(moved)
+        except OSError as e:  # already invisible: the next import or gc removes what is left
+            _log().warning("image %s removed, but not all of %s: %s", full, moved, e)
         finally:
             os.close(fd)
 
@@ -574,6 +721,11 @@ class Store:
         finally:
             if stage.exists():
                 _rmtree(stage)
+
+
+def is_docker(info: ImageInfo) -> bool:
+    """Whether the image was converted from a docker:// reference (those carry no signature)."""
+    return (info.source or "").startswith("docker://")
 
 
 def _check_target(path: Path, overwrite: bool) -> None:

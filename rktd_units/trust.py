@@ -20,21 +20,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from rktd_units.errors import TrustError
+from rktd_units.names import AC_IDENTIFIER_RE
 from rktd_units.run import run
 
 TRUSTED_KEYS = "trustedkeys"
 ROOT_D = "root.d"
 PREFIX_D = "prefix.d"
 
-# appc AC Identifier: lower-case alphanumerics separated by single "-._~/".
-AC_IDENTIFIER = re.compile(r"^[a-z0-9]+([-._~/][a-z0-9]+)*$")
+AC_IDENTIFIER = AC_IDENTIFIER_RE  # appc AC Identifier (names.py)
 
 _TAG_PUBLIC_KEY = 6
 _TAG_USER_ID = 13

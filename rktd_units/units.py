@@ -56,7 +56,7 @@ SOCKETS_TARGET = "sockets.target"
 DEFAULT_RESTART = "on-failure"  # appc pods; Kubernetes pods carry restartPolicy as rktd/restart
 # Annotations passed on as `rktd run` flags (rkt's spellings, DESIGN.md), one flag per word.
 _WORD_FLAGS = (("--dns", "rktd/dns"), ("--dns-search", "rktd/dns-search"), ("--dns-opt", "rktd/dns-opt"))
-_UNIT_SUFFIX = re.compile(r"\.[a-z]+$")
+_UNIT_SUFFIX = re.compile(r"\.[a-z]+\Z")
 
 
 class Output:
@@ -121,7 +121,7 @@ def _fail(podfile: PodFile, field: str, message: str, hint: str | None = None) -
 
 
 def _check_source(podfile: PodFile) -> None:
-    if not rktd_annotations.AC_NAME_RE.match(podfile.name):
+    if not rktd_annotations.AC_NAME_RE.fullmatch(podfile.name):
         raise _fail(podfile, "(file name)", f"{podfile.name!r} is not a pod name (an AC Name)")
     try:
         check_value(podfile.path, "path")
@@ -203,6 +203,8 @@ def _listen(podfile: PodFile) -> list[tuple[str, str]]:
                 ip = ipaddress.ip_address(pp.host_ip)
             except ValueError:
                 raise _fail(podfile, f"{field}.hostIP", f"{pp.host_ip!r} is not an IP address") from None
+            if "%" in pp.host_ip:  # a zone is any text to ipaddress: it must not reach ListenStream=
+                raise _fail(podfile, f"{field}.hostIP", f"{pp.host_ip!r} is a scoped address: not supported")
             address = f"[{ip}]:{address}" if ip.version == 6 else f"{ip}:{address}"
         key = "ListenStream" if port.protocol == Protocol.TCP else "ListenDatagram"
         if (key, address) in out:

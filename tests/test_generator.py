@@ -593,9 +593,10 @@ def test_drop_ins_still_apply_to_generated_units(tmp_path: Path) -> None:
 # -- Random hostile values through the whole converter ---------------------------------------------
 
 WORDS = st.text(st.characters(blacklist_categories=("Cs", "Zs", "Cc")), min_size=1, max_size=20)
-# Network arguments (after `default:`): what rktd/net's grammar lets through, hostile characters included.
+# Values of network arguments (`default:K0=V0;K1=V1`): what the --net grammar (netspec.py) lets through,
+# hostile characters included.
 NET_ARGS = st.text(
-    st.characters(blacklist_categories=("Cs", "Zs", "Zl", "Zp", "Cc"), blacklist_characters=","), max_size=20
+    st.characters(blacklist_categories=("Cs", "Zs", "Zl", "Zp", "Cc"), blacklist_characters=",;="), max_size=20
 )
 
 
@@ -609,7 +610,7 @@ def test_random_annotation_values_never_change_the_command_line(
     dns: list[str], opts: list[str], directory: str
 ) -> None:
     path = f"/pods/{directory}/web.json"
-    net = "default:" + "".join(opts)
+    net = "default:" + ";".join(f"K{i}={v}" for i, v in enumerate(opts))
     annotations = (
         NameValue("rktd/dns", " ".join(dns)),
         NameValue("rktd/dns-opt", " ".join(dns[::-1])),

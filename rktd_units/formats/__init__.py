@@ -74,18 +74,31 @@ def loads(data: bytes, path: str, kind: ManifestFormat) -> Pod:
     return pod
 
 
-def load(path: str | os.PathLike[str], name: str) -> PodFile:
-    """Read and parse one manifest file into a PodFile named `name`; every problem is a ManifestError."""
-    path = os.fspath(path)  # strings, not pathlib: the generator runs at boot (STYLE.md 13)
+def require_format(path: str) -> Format:
+    """The format of a manifest file by its suffix; ManifestError if no format claims it."""
     fmt = format_for(path)
     if fmt is None:
         known = ", ".join(SUFFIXES)
         raise ManifestError(path, "", "not a manifest file name", hint=f"use one of the suffixes {known}")
+    return fmt
+
+
+def load(path: str | os.PathLike[str], name: str) -> PodFile:
+    """Read and parse one manifest file into a PodFile named `name`; every problem is a ManifestError.
+    No ownership or mode checks: pods to run are read by `podpath`, which makes them."""
+    path = os.fspath(path)  # strings, not pathlib: the generator runs at boot (STYLE.md 13)
+    require_format(path)
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise ManifestError(path, "", f"cannot read: {e.strerror or e}") from None
+    return load_bytes(data, path, name)
+
+
+def load_bytes(data: bytes, path: str, name: str) -> PodFile:
+    """Parse the bytes read from the manifest file `path` (its suffix says the format) into a PodFile."""
+    fmt = require_format(path)
     module = _module(fmt, path)
     load_named = getattr(module, "load_named", None)
     if load_named is None:

@@ -27,7 +27,6 @@ import re
 from collections.abc import Callable, Sequence
 
 from rktd_units import annotations as rktd_annotations
-from rktd_units.annotations import AC_NAME_RE
 from rktd_units.errors import ManifestError
 from rktd_units.formats.schema import (
     Key,
@@ -73,6 +72,7 @@ from rktd_units.model import (
     VolumeKind,
 )
 from rktd_units.model import Mount as PodMount
+from rktd_units.names import AC_IDENTIFIER_RE, AC_NAME_RE
 
 TYPE_CHECKING = False  # typing costs a fifth of an interpreter start: only for mypy (STYLE.md 13)
 if TYPE_CHECKING:
@@ -81,15 +81,14 @@ if TYPE_CHECKING:
     from rktd_units.formats.schema import Parser
 
 AC_VERSION = "0.8.11"
-AC_IDENTIFIER_RE = re.compile(r"^[a-z0-9]+([-._~/][a-z0-9]+)*$")
 _SEMVER_RE = re.compile(
     r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)"
     r"(-(0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(\.(0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*)?"
-    r"(\+[0-9a-zA-Z-]+(\.[0-9a-zA-Z-]+)*)?$"
+    r"(\+[0-9a-zA-Z-]+(\.[0-9a-zA-Z-]+)*)?\Z"
 )
-_POD_IMAGE_ID_RE = re.compile(r"^sha512-[0-9a-f]{12,128}$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z_0-9.-]*$")
-_OCTAL_MODE_RE = re.compile(r"^0?[0-7]{3,4}$")
+_POD_IMAGE_ID_RE = re.compile(r"^sha512-[0-9a-f]{12,128}\Z")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z_0-9.-]*\Z")
+_OCTAL_MODE_RE = re.compile(r"^0?[0-7]{3,4}\Z")
 _DOCKER_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOCKER_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
 # Patterns few manifests need stay strings, compiled by re on first use: compiling every one at
@@ -97,12 +96,12 @@ _DOCKER_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
 _DOCKER_REF = (
     rf"^(?:{_DOCKER_LABEL}(?:\.{_DOCKER_LABEL})*(?::[0-9]{{1,5}})?/)?"
     rf"{_DOCKER_COMPONENT}(?:/{_DOCKER_COMPONENT})*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?\Z"
 )
-_QUANTITY = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]{1,3})?$"
-_RFC3339 = r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-](\d{2}):(\d{2}))$"
-_CAPABILITY = r"^CAP_[A-Z0-9_]+$"
-_ERRNO = r"^E[A-Z0-9]*$"
+_QUANTITY = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]{1,3})?\Z"
+_RFC3339 = r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-](\d{2}):(\d{2}))\Z"
+_CAPABILITY = r"^CAP_[A-Z0-9_]+\Z"
+_ERRNO = r"^E[A-Z0-9]*\Z"
 _VALID_OS_ARCH = {
     "linux": (
         "amd64",
@@ -149,7 +148,7 @@ def _image_name(value: object, field: str) -> str:
     s = string(value, field)
     if s.startswith("docker://"):
         ref = s[len("docker://") :]
-        if len(ref) > 255 or not re.match(_DOCKER_REF, ref):
+        if len(ref) > 255 or not re.fullmatch(_DOCKER_REF, ref):
             raise fail(field, f"{s!r} is not a Docker image reference", "e.g. docker://busybox:1.36")
         return s
     return str(_ac_identifier(s, field))
@@ -170,6 +169,8 @@ def _ip(value: object, field: str) -> str:
     import ipaddress  # only when a manifest has a hostIP: start-up time matters (STYLE.md 13)
 
     s = string(value, field)
+    if "%" in s:  # Python takes any text as an IPv6 zone, and it would reach unit files and iptables
+        raise fail(field, f"{s!r} is a scoped address (%ZONE): not supported", "e.g. 127.0.0.1 or fd00::1")
     try:
         ipaddress.ip_address(s)
     except ValueError:
@@ -253,7 +254,7 @@ def _annotations(value: object, field: str) -> tuple[NameValue, ...]:
 def _rfc3339(value: str, field: str) -> None:
     import datetime  # only for a `created` annotation
 
-    m = re.match(_RFC3339, value)
+    m = re.fullmatch(_RFC3339, value)
     try:
         if not m:
             raise ValueError(value)
@@ -278,7 +279,7 @@ def _quantity(value: object, field: str) -> str | int:
             raise fail(field, "must not be negative")
         return value
     s = string(value, field)
-    if not re.match(_QUANTITY, s):
+    if not re.fullmatch(_QUANTITY, s):
         raise fail(field, f"{s!r} is not a quantity", "e.g. 512M, 1Gi, 500m, 2")
     return s
 
@@ -319,7 +320,7 @@ def _set_of(item: Parser) -> Parser:
 
 _capability = matching(_CAPABILITY, "a capability name", "e.g. CAP_NET_BIND_SERVICE")
 _syscall = matching(
-    r"^-?@?[A-Za-z0-9_./-]+$",
+    r"^-?@?[A-Za-z0-9_./-]+\Z",
     "a syscall or syscall group",
     "e.g. reboot or @rkt/default-whitelist",
 )
@@ -472,7 +473,7 @@ _MOUNT_POINT_KEYS = (
 )
 _PORT_KEYS = (
     Key("name", "name", _ac_name, required=True),
-    Key("protocol", "protocol", matching(re.compile(r"^(tcp|udp)$"), "a protocol", "tcp or udp"), str, True),
+    Key("protocol", "protocol", matching(re.compile(r"tcp|udp"), "a protocol", "tcp or udp"), str, True),
     Key("port", "port", integer(1, 65535), required=True),
     Key("count", "count", integer(1, 65535)),
     Key("socketActivated", "socket_activated", boolean),
@@ -534,9 +535,7 @@ def dump_app(app: App) -> dict[str, Any]:
 
 _VOLUME_KEYS = (
     Key("name", "name", _ac_name, required=True),
-    Key(
-        "kind", "kind", matching(re.compile(r"^(host|empty)$"), "a volume kind", "host or empty"), str, True
-    ),
+    Key("kind", "kind", matching(re.compile(r"host|empty"), "a volume kind", "host or empty"), str, True),
     Key("source", "source", abs_path),
     Key("readOnly", "read_only", boolean),
     Key("recursive", "recursive", boolean),

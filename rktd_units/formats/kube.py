@@ -55,7 +55,6 @@ from decimal import Decimal
 from typing import Any
 
 from rktd_units import annotations as rktd_annotations
-from rktd_units.annotations import AC_NAME_RE
 from rktd_units.errors import ManifestError
 from rktd_units.formats.kube_yaml import (
     _at,
@@ -85,6 +84,7 @@ from rktd_units.model import (
     Volume,
     VolumeKind,
 )
+from rktd_units.names import AC_IDENTIFIER_RE, AC_NAME_RE
 
 
 @dataclass(frozen=True)
@@ -212,20 +212,19 @@ DEFAULT_CAPS = frozenset(
     ).split()
 )
 
-AC_IDENTIFIER_RE = re.compile(r"^[a-z0-9]+([-._~/][a-z0-9]+)*$")
-_KEY_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
-_PORT_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z_0-9.-]*$")
+_KEY_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?\Z")
+_DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+_LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?\Z")
+_PORT_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z_0-9.-]*\Z")
 _REF_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REF_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
 _IMAGE_RE = re.compile(
     rf"^(?:{_REF_LABEL}(?:\.{_REF_LABEL})*(?::[0-9]{{1,5}})?/)?{_REF_COMPONENT}(?:/{_REF_COMPONENT})*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?\Z"
 )
 _QUANTITY_RE = re.compile(
-    r"^\+?(?P<num>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?P<suffix>[KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]{1,3})?$"
+    r"^\+?(?P<num>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?P<suffix>[KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]{1,3})?\Z"
 )
 _BINARY = {s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))}
 _DECIMAL = {s: Decimal(10) ** e for s, e in zip("numkMGTPE", (-9, -6, -3, 3, 6, 9, 12, 15, 18), strict=True)}
@@ -250,7 +249,7 @@ def _required(obj: dict[str, Any], key: str, field: str) -> Any:
 
 def _name(value: object, field: str, limit: int = 63) -> str:
     text = _str(value, field)
-    if not AC_NAME_RE.match(text):
+    if not AC_NAME_RE.fullmatch(text):
         raise _fail(
             field, f"{_show(text)} is not an AC Name", hint="lower-case letters, digits, single dashes"
         )
@@ -269,9 +268,9 @@ def _abs_path(value: object, field: str) -> str:
 def _key_problem(key: str) -> str | None:
     """Why `key` is not a Kubernetes label or annotation key ([DNS-SUBDOMAIN/]NAME), or None."""
     prefix, slash, name = key.rpartition("/")
-    if slash and (len(prefix) > 253 or not _DNS_SUBDOMAIN_RE.match(prefix)):
+    if slash and (len(prefix) > 253 or not _DNS_SUBDOMAIN_RE.fullmatch(prefix)):
         return "its prefix is not a DNS subdomain"
-    if len(name) > 63 or not _KEY_NAME_RE.match(name):
+    if len(name) > 63 or not _KEY_NAME_RE.fullmatch(name):
         return "its name is not 1 to 63 letters, digits, '-', '_' or '.'"
     return None
 
@@ -316,7 +315,7 @@ def _quantity(value: object, field: str) -> tuple[str, Decimal]:
         text = repr(value)
     else:
         text = _str(value, field)
-    m = _QUANTITY_RE.match(text) if len(text) <= 64 else None
+    m = _QUANTITY_RE.fullmatch(text) if len(text) <= 64 else None
     if m is None:
         raise _fail(field, f"{_show(value)} is not a Kubernetes quantity", hint="e.g. 500m, 1, 128Mi, 1G")
     suffix = m["suffix"] or ""
@@ -391,7 +390,7 @@ def _environment(value: object, field: str) -> tuple[NameValue, ...]:
         where = f"{field}[{i}]"
         obj = _fields(item, where, "spec.containers[].env[]")
         name = _str(_required(obj, "name", where), _at(where, "name"))
-        if not _ENV_NAME_RE.match(name):
+        if not _ENV_NAME_RE.fullmatch(name):
             raise _fail(_at(where, "name"), f"{_show(name)} is not an environment variable name")
         if name in env:
             raise _fail(_at(where, "name"), f"{_show(name)} is given twice")
@@ -432,7 +431,7 @@ def _ports(value: object, field: str) -> tuple[tuple[Port, ...], tuple[PodPort, 
         name = f"{number}-{proto.lower()}"
         if obj.get("name") is not None:
             name = _str(obj["name"], _at(where, "name"))
-            if len(name) > 15 or not _PORT_NAME_RE.match(name) or "--" in name or name.isdigit():
+            if len(name) > 15 or not _PORT_NAME_RE.fullmatch(name) or "--" in name or name.isdigit():
                 raise _fail(
                     _at(where, "name"),
                     f"{_show(name)} is not a port name",
@@ -457,6 +456,8 @@ def _ports(value: object, field: str) -> tuple[tuple[Port, ...], tuple[PodPort, 
 
 def _ip(value: object, field: str) -> str:
     text = _str(value, field)
+    if "%" in text:  # Python takes any text as an IPv6 zone, and it would reach unit files and iptables
+        raise _fail(field, f"{_show(text)} is a scoped address (%ZONE): not supported", hint="e.g. fd00::1")
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
@@ -491,7 +492,7 @@ def _container(
     obj = _fields(value, field, "spec.containers[]")
     name = _name(_required(obj, "name", field), _at(field, "name"))
     image = _str(_required(obj, "image", field), _at(field, "image"))
-    if len(image) > 255 or not _IMAGE_RE.match(image):
+    if len(image) > 255 or not _IMAGE_RE.fullmatch(image):
         raise _fail(
             _at(field, "image"), f"{_show(image)} is not a Docker image reference", hint="e.g. busybox:1.36"
         )
@@ -576,7 +577,7 @@ def _dns(spec: dict[str, Any]) -> dict[str, str]:
     searches = []
     for i, s in enumerate(_list(config.get("searches"), "spec.dnsConfig.searches")):
         text = _str(s, f"spec.dnsConfig.searches[{i}]", empty=False)
-        if len(text) > 253 or not _DNS_SUBDOMAIN_RE.match(text.lower()):
+        if len(text) > 253 or not _DNS_SUBDOMAIN_RE.fullmatch(text.lower()):
             raise _fail(f"spec.dnsConfig.searches[{i}]", f"{_show(text)} is not a DNS domain")
         searches.append(text)
     options = []
@@ -637,7 +638,7 @@ def _metadata(value: object) -> tuple[str, dict[str, str], tuple[NameValue, ...]
     for key, text in _map(meta.get("annotations"), "metadata.annotations").items():
         where = f"metadata.annotations[{key_text(key)}]"
         problem = _key_problem(key)
-        if problem or not AC_IDENTIFIER_RE.match(key):
+        if problem or not AC_IDENTIFIER_RE.fullmatch(key):
             raise _fail(where, f"is not an annotation name: {problem or 'not an AC Identifier'}")
         given[key] = _str(text, where)
     rktd_annotations.read(given, field_prefix="metadata.annotations")
@@ -648,7 +649,7 @@ def _metadata(value: object) -> tuple[str, dict[str, str], tuple[NameValue, ...]
         if problem:
             raise _fail(where, f"is not a label name: {problem}")
         label = _str(text, where)
-        if len(label) > 63 or not _LABEL_VALUE_RE.match(label):
+        if len(label) > 63 or not _LABEL_VALUE_RE.fullmatch(label):
             raise _fail(where, f"{_show(label)} is not a label value", hint="up to 63 letters, digits, -_.")
         labels.append(NameValue(key, label))
     return name, given, tuple(labels)

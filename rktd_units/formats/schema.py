@@ -141,11 +141,12 @@ def integer(lo: int, hi: int) -> Parser:
 
 
 def matching(regex: re.Pattern[str] | str, what: str, hint: str) -> Parser:
-    """A string matching `regex`; a pattern given as a str is compiled on first use (re's cache)."""
+    """A string `regex` matches whole (fullmatch: `$` would let a trailing newline through); a pattern
+    given as a str is compiled on first use (re's cache)."""
 
     def parse(value: object, field: str) -> str:
         s = string(value, field)
-        if not (re.match(regex, s) if isinstance(regex, str) else regex.match(s)):
+        if not (re.fullmatch(regex, s) if isinstance(regex, str) else regex.fullmatch(s)):
             raise fail(field, f"{s!r} is not {what}", hint)
         return s
 

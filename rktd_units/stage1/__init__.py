@@ -15,10 +15,13 @@ import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
 
 from rktd_units.errors import PodError
-from rktd_units.stage1.init import bind, ensure_mountpoint, mount
+from rktd_units.stage1.init import bind, ensure_mountpoint, in_root, mount
+
+TYPE_CHECKING = False  # typing is imported only for the type checker: it is on every pod start
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 FLAVOURS = {"nspawn": "rktd_units.stage1.nspawn", "fly": "rktd_units.stage1.fly"}
 STAGE2 = "opt/stage2"
@@ -42,27 +45,10 @@ def notice(message: str) -> None:
 def resolve_in_root(root: str, path: str) -> str:
     """`path` inside `root` with symlinks resolved as if `root` were `/`: an image cannot point a
     mount target at the host (`/data -> /etc` in the image stays inside the image)."""
-    parts = [p for p in path.split("/") if p and p != "."]
-    resolved: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = os.path.join(root, *resolved, part)
-        if os.path.islink(candidate):
-            hops += 1
-            if hops > 40:
-                raise PodError(f"{path}: too many levels of symbolic links in the image")
-            link = os.readlink(candidate)
-            if link.startswith("/"):
-                resolved = []
-            parts = [p for p in link.split("/") if p and p != "."] + parts
-            continue
-        resolved.append(part)
-    return os.path.join(root, *resolved)
+    try:
+        return in_root(root, path)
+    except OSError as e:
+        raise PodError(f"{path}: {e.strerror} in the image") from None
 
 
 def mount_app(pod_path: Path, app: dict[str, Any], target: str) -> None:
@@ -87,6 +73,16 @@ def mount_app(pod_path: Path, app: dict[str, Any], target: str) -> None:
                 hint="a read-only rootfs must already contain its mount points",
             ) from None
         bind(source, dst, read_only=bool(m.get("read_only")))
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """A file only root reads: the pod's config holds its environment (secrets of --set-env)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def listen_fd_names() -> list[str]:

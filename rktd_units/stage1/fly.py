@@ -12,24 +12,28 @@ import json
 import os
 import signal
 from pathlib import Path
-from typing import Any, NoReturn
 
 from rktd_units.errors import PodError
-from rktd_units.stage1 import STAGE2, assign_listen_fds, mount_app, setup_cgroups
+from rktd_units.stage1 import STAGE2, assign_listen_fds, mount_app, setup_cgroups, write_private
 from rktd_units.stage1.init import (
     become,
     bind,
     ensure_mountpoint,
     exit_status,
+    in_root,
     sd_notify,
     unshare_mounts,
 )
 
+TYPE_CHECKING = False  # typing is imported only for the type checker: it is on every pod start
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
 
 def _host_mounts(rootfs: str) -> None:
     for sub, read_only in (("proc", False), ("dev", False), ("sys", True)):
-        target = f"{rootfs}/{sub}"
         try:
+            target = in_root(rootfs, sub)  # not through the image's own symlinks out of it
             ensure_mountpoint(target, is_dir=True)
         except OSError:
             continue  # a read-only rootfs without it: the app goes without
@@ -47,7 +51,9 @@ def _run_handlers(app: dict[str, Any], rootfs: str, cgroup_dirs: dict[str, str])
         if pid == 0:
             try:
                 _reset_signals()
-                become(app, rootfs, argv, dict(app["env"]), fds=[], cgroup_dirs=cgroup_dirs)
+                become(
+                    app, rootfs, argv, dict(app["env"]), fds=[], cgroup_dirs=cgroup_dirs, default_caps=None
+                )
             finally:
                 os._exit(127)
         _, status = os.waitpid(pid, 0)
@@ -64,7 +70,7 @@ def exec_pod(pod_path: Path, cfg: dict[str, Any]) -> NoReturn:
     rootfs.mkdir(parents=True, exist_ok=True)
     assign_listen_fds(cfg)
     cgroup_dirs = setup_cgroups(pod_path, cfg)
-    (pod_path / "stage1.json").write_text(json.dumps(cfg, indent=1, sort_keys=True))
+    write_private(pod_path / "stage1.json", json.dumps(cfg, indent=1, sort_keys=True).encode())
     unshare_mounts()
     mount_app(pod_path, app, str(rootfs))
     _host_mounts(str(rootfs))
@@ -72,5 +78,8 @@ def exec_pod(pod_path: Path, cfg: dict[str, Any]) -> NoReturn:
     fds = [3 + i for i in app.get("listen_fd_indexes", [])]
     sd_notify(b"READY=1")  # for a Type=notify unit: the app is about to start (no init to say so later)
     _reset_signals()
-    become(app, str(rootfs), app["exec"], dict(app["env"]), fds=fds, cgroup_dirs=cgroup_dirs)
+    # fly is for host tools: without a retain set the app keeps every capability (rkt fly did too)
+    become(
+        app, str(rootfs), app["exec"], dict(app["env"]), fds=fds, cgroup_dirs=cgroup_dirs, default_caps=None
+    )
     raise AssertionError("exec returned")

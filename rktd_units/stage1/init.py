@@ -46,6 +46,9 @@ CLONE_NEWNS = 0x00020000
 PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+CAP_VERSION_3 = 0x20080522
 
 CAPABILITIES = (
     "CAP_CHOWN CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER CAP_FSETID CAP_KILL CAP_SETGID "
@@ -55,6 +58,13 @@ CAPABILITIES = (
     "CAP_SYS_TTY_CONFIG CAP_MKNOD CAP_LEASE CAP_AUDIT_WRITE CAP_AUDIT_CONTROL CAP_SETFCAP "
     "CAP_MAC_OVERRIDE CAP_MAC_ADMIN CAP_SYSLOG CAP_WAKE_ALARM CAP_BLOCK_SUSPEND CAP_AUDIT_READ "
     "CAP_PERFMON CAP_BPF CAP_CHECKPOINT_RESTORE"
+).split()
+# What an app of an nspawn pod keeps unless its pod manifest or the command line says otherwise: the
+# container runtimes' default set (rkt's, Docker's). No CAP_SYS_ADMIN (remounting its read-only
+# rootfs, the store's tree, read-write), CAP_SYS_PTRACE (the init's /proc/1/root), CAP_SYS_MODULE...
+DEFAULT_APP_CAPS = (
+    "CAP_AUDIT_WRITE CAP_CHOWN CAP_DAC_OVERRIDE CAP_FOWNER CAP_FSETID CAP_KILL CAP_MKNOD "
+    "CAP_NET_BIND_SERVICE CAP_NET_RAW CAP_SETFCAP CAP_SETGID CAP_SETPCAP CAP_SETUID CAP_SYS_CHROOT"
 ).split()
 
 _libc: Any = None
@@ -110,17 +120,84 @@ def prctl(option: int, arg: int) -> None:
     _check(libc().prctl(option, ctypes.c_ulong(arg), 0, 0, 0), f"prctl({option})")
 
 
-def restrict_caps(retain: list[str] | None, remove: list[str]) -> None:
-    """Shrink the capability bounding set: keep only `retain` (when given), drop `remove`."""
-    drop = set(remove)
-    if retain is not None:
-        drop |= set(CAPABILITIES) - set(retain)
-    for name in drop:
+def app_caps(retain: list[str] | None, remove: list[str], default: list[str] | None) -> set[int]:
+    """The capability numbers an app keeps: `retain` (else `default`, else all), less `remove`."""
+    names = retain if retain is not None else default if default is not None else CAPABILITIES
+    return {CAPABILITIES.index(n) for n in names if n in CAPABILITIES and n not in remove}
+
+
+def _capget() -> list[int]:
+    """[effective, permitted, inheritable] of this process, as 64-bit masks."""
+    import ctypes
+
+    header = (ctypes.c_uint32 * 2)(CAP_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()
+    _check(libc().capget(header, data), "capget")
+    return [data[i] | (data[i + 3] << 32) for i in range(3)]
+
+
+def _capset(effective: int, permitted: int, inheritable: int) -> None:
+    import ctypes
+
+    header = (ctypes.c_uint32 * 2)(CAP_VERSION_3, 0)
+    m32 = 0xFFFFFFFF
+    sets = (effective, permitted, inheritable)
+    data = (ctypes.c_uint32 * 6)(*(v & m32 for v in sets), *(v >> 32 for v in sets))
+    _check(libc().capset(header, data), "capset")
+
+
+def restrict_caps(keep: set[int]) -> None:
+    """Shrink the bounding set to `keep`, clear the ambient set and lower the inheritable set to
+    `keep`: what survives exec as root is (inheritable | bounding), so both must shrink."""
+    for cap in range(len(CAPABILITIES)):
+        if cap in keep:
+            continue
         try:
-            prctl(PR_CAPBSET_DROP, CAPABILITIES.index(name))
+            prctl(PR_CAPBSET_DROP, cap)
         except OSError as e:
             if e.errno != errno.EINVAL:  # a capability this kernel does not know
                 raise
+    import ctypes
+
+    ret = libc().prctl(PR_CAP_AMBIENT, ctypes.c_ulong(PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0)
+    if ret != 0 and ctypes.get_errno() != errno.EINVAL:  # EINVAL: a kernel without ambient caps
+        _check(ret, "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
+    eff, perm, inh = _capget()
+    mask = sum(1 << c for c in keep)
+    _capset(eff, perm, inh & mask | perm & mask)
+
+
+def drop_caps(keep: set[int]) -> None:
+    """After setuid: effective and permitted down to `keep` (a uid other than 0 has none left)."""
+    eff, perm, inh = _capget()
+    mask = sum(1 << c for c in keep)
+    _capset(eff & mask, perm & mask, inh & mask)
+
+
+def in_root(root: str, path: str) -> str:
+    """`path` inside `root` with symlinks resolved as if `root` were `/`: an image's symlink never
+    points a mount target (its /proc, /dev, a volume's path) outside the image."""
+    parts = [p for p in path.split("/") if p and p != "."]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = os.path.join(root, *resolved, part)
+        if os.path.islink(candidate):
+            hops += 1
+            if hops > 40:
+                raise OSError(errno.ELOOP, "too many levels of symbolic links")
+            link = os.readlink(candidate)
+            if link.startswith("/"):
+                resolved = []
+            parts = [p for p in link.split("/") if p and p != "."] + parts
+            continue
+        resolved.append(part)
+    return os.path.join(root, *resolved)
 
 
 def ensure_mountpoint(path: str, *, is_dir: bool) -> None:
@@ -149,8 +226,10 @@ def become(
     *,
     fds: list[int],
     cgroup_dirs: dict[str, str],
+    default_caps: list[str] | None = DEFAULT_APP_CAPS,
 ) -> None:
-    """Turn this (forked) process into the app: cgroups, fds, chroot, caps, user; then exec."""
+    """Turn this (forked) process into the app: cgroups, fds, chroot, caps, user; then exec.
+    `default_caps`: the capabilities kept when the app names no retain set (None: all)."""
     for controller, path in spec.get("cgroups", {}).items():
         with open(f"{cgroup_dirs[controller]}/{path}/cgroup.procs", "w") as f:
             f.write(str(os.getpid()))
@@ -166,12 +245,14 @@ def become(
             env["LISTEN_FDNAMES"] = ":".join(names)
     os.chroot(rootfs)
     os.chdir(spec.get("workdir") or "/")
-    restrict_caps(spec.get("caps_retain"), spec.get("caps_remove", []))
+    keep = app_caps(spec.get("caps_retain"), spec.get("caps_remove", []), default_caps)
+    restrict_caps(keep)
     if spec.get("no_new_privs"):
         prctl(PR_SET_NO_NEW_PRIVS, 1)
     os.setgroups(spec.get("gids", []))
     os.setgid(spec["gid"])
     os.setuid(spec["uid"])
+    drop_caps(keep)
     os.execvpe(argv[0], argv, env)
 
 
@@ -206,6 +287,7 @@ class App:
         self.status: int | None = None
         self.buffers: dict[int, bytearray] = {}
         self.notify_sock: _socket.socket | None = None
+        self.notify_name = ""
         self.ready = not spec.get("notify", False)
 
 
@@ -245,8 +327,8 @@ class Init:
 
     def prepare_rootfs(self, app: App) -> None:
         for sub, ro in (("proc", False), ("dev", False), ("sys", True)):
-            target = app.rootfs + "/" + sub
             try:
+                target = in_root(app.rootfs, sub)
                 ensure_mountpoint(target, is_dir=True)
                 bind("/" + sub, target, read_only=ro)
             except OSError as e:
@@ -334,9 +416,10 @@ class Init:
             os.dup2(outs[1], 2)
         env = dict(app.spec["env"])
         if main and app.spec.get("notify"):
-            env["NOTIFY_SOCKET"] = "@rktd-notify-" + app.name
+            env["NOTIFY_SOCKET"] = "@" + app.notify_name
         cgroup_dirs = {c: V2_ROOT if c == "unified" else f"/cgroup/{c}" for c in app.spec.get("cgroups", {})}
-        become(app.spec, app.rootfs, argv, env, fds=fds, cgroup_dirs=cgroup_dirs)
+        default = None if self.cfg.get("all_caps") else DEFAULT_APP_CAPS
+        become(app.spec, app.rootfs, argv, env, fds=fds, cgroup_dirs=cgroup_dirs, default_caps=default)
 
     def run_handler(self, app: App, event: str) -> int:
         for argv in app.spec.get(event, []):
@@ -415,14 +498,22 @@ class Init:
                 return
         for app in self.apps:
             if app.spec.get("notify"):
-                import _socket
-
-                sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
-                sock.bind("\0rktd-notify-" + app.name)
-                sock.setblocking(False)
-                app.notify_sock = sock
+                self.open_notify(app)
             app.pid = self.spawn(app, app.spec["exec"], main=True)
         self.maybe_ready()
+
+    def open_notify(self, app: App) -> None:
+        """The app's NOTIFY_SOCKET. Abstract names belong to the network namespace, the host's for
+        --net=host: a random one cannot be taken first by a host user, and on_notify ignores
+        senders outside the pod's PID namespace."""
+        import _socket
+
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+        app.notify_name = f"rktd-notify-{os.urandom(8).hex()}-{app.name}"
+        sock.bind("\0" + app.notify_name)
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
+        sock.setblocking(False)
+        app.notify_sock = sock
 
     def maybe_ready(self) -> None:
         if all(a.ready for a in self.apps):
@@ -514,10 +605,19 @@ class Init:
 
     def on_notify(self, app: App) -> None:
         assert app.notify_sock is not None
+        import _socket
+
         try:
-            data = app.notify_sock.recv(4096)
+            data, anc, _, _ = app.notify_sock.recvmsg(4096, _socket.CMSG_SPACE(12))
         except OSError:
             return
+        pids = [
+            struct.unpack("=i", c[2][:4])[0]
+            for c in anc
+            if c[0] == _socket.SOL_SOCKET and c[1] == _socket.SCM_CREDENTIALS and len(c[2]) >= 12
+        ]
+        if pids and pids[0] <= 0:  # (the socket passes credentials: every datagram has them)
+            return  # a process outside the pod's PID namespace (its pid reads 0 here): not the app
         if b"READY=1" in data.split(b"\n") and not app.ready:
             app.ready = True
             self.maybe_ready()

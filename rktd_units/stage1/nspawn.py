@@ -1,7 +1,8 @@
 """stage1 nspawn: the pod as a systemd-nspawn container running rktd's init.
 
 The stage1 root is `<pod>/stage1/rootfs`: the host's /usr (read-only, so the init is the host's
-Python), the pod directory at /rktd (config, init, per-app exit statuses) and each app's rootfs at
+Python), at /rktd the init and its config (read-only) and the per-app exit statuses (not the pod
+directory: what the host trusts later stays out of the container's reach), each app's rootfs at
 /opt/stage2/<app>/rootfs, as rkt laid it out. All of it is mounted in a private mount namespace
 that this process enters before it `exec`s systemd-nspawn, so the mounts end with the pod.
 """
@@ -12,17 +13,22 @@ import json
 import marshal
 import os
 from pathlib import Path
-from typing import Any, NoReturn
 
 from rktd_units.errors import PodError
+from rktd_units.pods import STATUS_DIR
 from rktd_units.stage1 import (
     STAGE2,
     assign_listen_fds,
     mount_app,
     notice,
     setup_cgroups,
+    write_private,
 )
-from rktd_units.stage1.init import bind, mount, unshare_mounts
+from rktd_units.stage1.init import DEFAULT_APP_CAPS, bind, ensure_mountpoint, mount, unshare_mounts
+
+TYPE_CHECKING = False  # typing is imported only for the type checker: it is on every pod start
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 NSPAWN_PATHS = ("/usr/bin/systemd-nspawn", "/bin/systemd-nspawn")
 SYSTEM_BUS = "/run/dbus/system_bus_socket"
@@ -99,11 +105,39 @@ def nspawn_argv(root: Path, cfg: dict[str, Any]) -> list[str]:
     journal = os.environ.get("RKTD_JOURNAL_SOCKET", JOURNAL_SOCKET)  # another journald, for tests
     if os.path.exists(journal):
         argv.append(f"--bind-ro={journal}:{JOURNAL_SOCKET}")
-    extra = sorted({c for app in cfg["apps"] for c in app.get("caps_retain") or ()} - NSPAWN_DEFAULT_CAPS)
+    # Only a retain set from the pod manifest or the command line widens the container's own set
+    wanted = {c for app in cfg["apps"] if not app.get("image_caps") for c in app.get("caps_retain") or ()}
+    extra = sorted(wanted - NSPAWN_DEFAULT_CAPS)
     if extra:
         argv.append(f"--capability={','.join(extra)}")
     argv += ["--", "/usr/bin/python3", "-I", "-S", f"/rktd/{cfg.get('init', 'init.py')}", "/rktd/init.cfg"]
     return argv
+
+
+def confine_image_caps(cfg: dict[str, Any]) -> None:
+    """An image's own capability retain set can narrow the default app set, never widen it: a
+    manifest from the image store must not hand its app CAP_SYS_ADMIN and the like."""
+    for app in cfg["apps"]:
+        if not app.get("image_caps") or app.get("caps_retain") is None:
+            continue
+        refused = sorted(set(app["caps_retain"]) - set(DEFAULT_APP_CAPS))
+        if refused:
+            notice(
+                f"app {app['name']}: not granting {', '.join(refused)} asked for by image "
+                f"{app.get('image_name')} (a pod manifest's isolator or --cap-retain can grant them)"
+            )
+            app["caps_retain"] = [c for c in app["caps_retain"] if c in DEFAULT_APP_CAPS]
+
+
+def bind_rktd(pod_path: Path, rktd: Path, cfg: dict[str, Any]) -> None:
+    """What the init needs at /rktd, and nothing else of the pod directory: its program and config
+    read-only, and `status/` (the apps' exit statuses) writable. The pod directory's network state,
+    pid and cgroup lists, which the host trusts later, stay out of the container's reach."""
+    for name in (cfg.get("init", "init.py"), "init.cfg"):
+        ensure_mountpoint(str(rktd / name), is_dir=False)
+        bind(str(pod_path / name), str(rktd / name), read_only=True, recursive=False)
+    ensure_mountpoint(str(rktd / STATUS_DIR), is_dir=True)
+    bind(str(pod_path / STATUS_DIR), str(rktd / STATUS_DIR), recursive=False)
 
 
 def _fstype(path: str) -> str | None:
@@ -122,8 +156,10 @@ def exec_pod(pod_path: Path, cfg: dict[str, Any]) -> NoReturn:
     build_root(root, cfg)
     assign_listen_fds(cfg)
     cgroup_dirs = setup_cgroups(pod_path, cfg)
-    (pod_path / "stage1.json").write_text(json.dumps(cfg, indent=1, sort_keys=True))
-    (pod_path / "init.cfg").write_bytes(marshal.dumps(cfg))
+    confine_image_caps(cfg)
+    write_private(pod_path / "stage1.json", json.dumps(cfg, indent=1, sort_keys=True).encode())
+    write_private(pod_path / "init.cfg", marshal.dumps(cfg))
+    os.makedirs(pod_path / STATUS_DIR, mode=0o700, exist_ok=True)
     argv = nspawn_argv(root, cfg)
     unshare_mounts()
     if _fstype("/run") != "tmpfs":
@@ -132,11 +168,14 @@ def exec_pod(pod_path: Path, cfg: dict[str, Any]) -> NoReturn:
         os.makedirs("/run/systemd/nspawn", exist_ok=True)
         mount("tmpfs", "/run/systemd/nspawn", "tmpfs", 0, "mode=0755")
     bind("/usr", str(root / "usr"), read_only=True, recursive=False)
-    bind(str(pod_path), str(root / "rktd"), recursive=False)
+    bind_rktd(pod_path, root / "rktd", cfg)
     for app in cfg["apps"]:
         mount_app(pod_path, app, str(root / STAGE2 / app["name"] / "rootfs"))
     for controller, directory in cgroup_dirs.items():
         target = root / "cgroup" / controller
         target.mkdir(exist_ok=True)
         bind(directory, str(target), recursive=False)
-    os.execve(argv[0], argv, dict(os.environ))
+    env = dict(os.environ)
+    if cfg.get("no_seccomp"):
+        env["SYSTEMD_SECCOMP"] = "0"  # --insecure-options=seccomp: nspawn installs no system call filter
+    os.execve(argv[0], argv, env)
