@@ -5,12 +5,21 @@ systemd unit directories. An empty file or a symlink to /dev/null masks lower on
 of one name in one directory are ambiguous: an error for that name (and lower directories are
 not consulted for it, so a mistake never silently lets an older manifest through).
 
-StrictModes (as sshd's): a manifest, or the directory it is in, that is writable by group or
-others, or owned by anyone but root (or, when not running as root, by anyone but root or us), is
-refused: whoever can write it could run anything as root.
+StrictModes (as sshd's), on the path as the kernel resolves it: the manifest, every directory on the
+way to it and every symbolic link followed (a manifest may be a link to a file elsewhere) must be
+owned by root (or, when not running as root, by root or us); the manifest and its own directory must
+not be writable by group or others, and a directory further up only if it is sticky (as /tmp, where
+others cannot rename what is not theirs). Whoever could change any of them could run anything as
+root. A refused file is an error for its name: lower directories are not consulted for it.
 
-Two passes (STYLE.md rule 4): `scan()` indexes every pod name without parsing anything,
-`load_all()` parses each winner; one bad file never stops the others.
+Check and read are of the same file: the path is walked from / by file descriptors (openat with
+O_NOFOLLOW, symbolic links read and followed here after their checks), the file opened is checked
+with fstat, and the bytes parsed are read from that open file; nothing is opened a second time by
+path. `find()` (stage0's `--pod-manifest=NAME|PATH`, `validate`) applies the same checks to a path.
+
+Two passes (STYLE.md rule 4): `scan()` indexes every pod name without parsing anything (it reads
+each winning file once, as checked), `load_all()` parses each winner; one bad file never stops the
+others.
 """
 
 from __future__ import annotations
@@ -73,7 +82,7 @@ _O_LIST = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _WRITABLE = stat.S_IWGRP | stat.S_IWOTH
 _MAX_LINKS = 40  # as the kernel's limit on symbolic links in one lookup
 _DEV_NULL = os.makedev(1, 3)
-_NOT_A_DIR = "is a directory, not a manifest file"
+_IS_A_DIR = "is a directory, not a manifest file"
 
 
 class _Refused(Exception):
@@ -149,7 +158,9 @@ class _Walk:
         """Before anything in the directory reached is opened for reading."""
         _, top, top_st = self.dirs[-1]
         if top_st.st_mode & _WRITABLE:
-            raise _Refused("its directory is writable by group or others", f"chmod go-w {top}")
+            shared = top_st.st_mode & stat.S_ISVTX  # as /tmp: not to be chmod-ed, the manifest moves
+            hint = f"move the manifest to a directory only root can write, not {top}" if shared else None
+            raise _Refused("its directory is writable by group or others", hint or f"chmod go-w {top}")
         for path, st in self.writable:
             if not st.st_mode & stat.S_ISVTX:
                 problem = f"directory {path} above it is writable by group or others"
@@ -308,8 +319,11 @@ def _decide(name: str, files: list[tuple[str, formats.Format]], directory: _Walk
     return (name, path, fmt.kind, opened.data)
 
 
-def _index(dirs: Sequence[_StrPath] | None) -> tuple[dict[str, _Outcome], list[ManifestError]]:
-    """Every pod name's outcome (first directory wins) and the errors of files that name no pod."""
+def _index(
+    dirs: Sequence[_StrPath] | None, only: str | None = None
+) -> tuple[dict[str, _Outcome], list[ManifestError]]:
+    """Every pod name's outcome (first directory wins) and the errors of files that name no pod;
+    with `only`, that name's alone (no other file is opened)."""
     outcomes: dict[str, _Outcome] = {}
     stray: list[ManifestError] = []
     for directory in (_as_path(os.fspath(d)) for d in (_search_dirs() if dirs is None else dirs)):
@@ -335,6 +349,8 @@ def _index(dirs: Sequence[_StrPath] | None) -> tuple[dict[str, _Outcome], list[M
             continue
         try:
             for name, files in groups.items():
+                if only is not None and name != only:
+                    continue
                 if not AC_NAME_RE.fullmatch(name):
                     stray += [_not_a_name(path, name) for path, _ in files]
                 elif name not in outcomes:
@@ -400,13 +416,16 @@ def _load_checked(path: str, name: str) -> PodFile:
         raise PodError(f"{path} is a mask (an empty file or a link to /dev/null), not a manifest")
     if opened.data is None:
         is_dir = opened.st is not None and stat.S_ISDIR(opened.st.st_mode)
-        raise ManifestError(path, "", _NOT_A_DIR if is_dir else "not a regular file")
+        raise ManifestError(path, "", _IS_A_DIR if is_dir else "not a regular file")
     return formats.load_bytes(opened.data, path, name)
 
 
 def load_candidate(candidate: Candidate) -> PodFile:
     """Second pass for one candidate: the file is opened and checked again, and parsed as read then."""
-    return _load_checked(str(candidate.path), candidate.name)
+    try:
+        return _load_checked(str(candidate.path), candidate.name)
+    except PodError as e:  # made a mask since the scan
+        raise ManifestError(str(candidate.path), "", e.message) from None
 
 
 def load_all(dirs: Sequence[Path] | None = None) -> tuple[list[PodFile], list[ManifestError]]:
@@ -441,7 +460,7 @@ def find(name_or_path: str, dirs: Sequence[Path] | None = None) -> PodFile:
     if not AC_NAME_RE.fullmatch(name_or_path):
         raise PodError(f"{name_or_path!r} is not a pod name (an AC Name) or a manifest path")
     searched = search_path() if dirs is None else list(dirs)
-    outcome = _index(searched)[0].get(name_or_path)
+    outcome = _index(searched, only=name_or_path)[0].get(name_or_path)
     if outcome is None:
         where = ":".join(str(d) for d in searched)
         raise PodError(f"no pod manifest named {name_or_path!r} in {where}", hint=f"add {name_or_path}.json")

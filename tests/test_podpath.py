@@ -209,3 +209,14 @@ def test_dangling_references(dirs: list[Path]) -> None:
     web = next(p for p in pods if p.name == "web")
     errors = podpath.dangling_references(web, podpath.all_names(candidates))
     assert [(e.field, e.message) for e in errors] == [("annotations[rktd/after]", "no pod named 'cache'")]
+
+
+def test_find_by_name_reads_only_that_manifest(dirs: list[Path]) -> None:
+    write(dirs[0] / "web.json", manifest("/bin/web"))
+    write(dirs[0] / "other.json", manifest(), 0o666)  # refused, but not the pod asked for
+    os.mkfifo(dirs[0] / "fifo.json")  # never opened: a FIFO would block a plain open
+    assert podpath.find("web", dirs).pod.apps[0].app is not None
+    with pytest.raises(ManifestError, match="writable by group or others"):
+        podpath.find("other", dirs)
+    with pytest.raises(ManifestError, match="not a regular file"):
+        podpath.find("fifo", dirs)

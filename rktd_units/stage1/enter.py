@@ -97,6 +97,7 @@ def enter_app(pid: int, cfg: dict[str, Any], spec: dict[str, Any], rootfs: str, 
                 fds=[],
                 cgroup_dirs={},
                 default_caps=None if all_caps else DEFAULT_APP_CAPS,
+                pivot=not fly,
             )
         except BaseException as e:
             os.write(2, f"rktd: enter: {argv[0]}: {e}\n".encode(errors="replace"))

@@ -200,6 +200,26 @@ def in_root(root: str, path: str) -> str:
     return os.path.join(root, *resolved)
 
 
+# pivot_root(2) has no libc wrapper: its system call number per architecture (os.uname().machine)
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217, "i686": 217}
+
+
+def enter_root(rootfs: str) -> None:
+    """Make `rootfs` this process's root in a mount namespace of its own (pivot_root, the old root
+    detached), so that no chroot escape leads back to stage1's root and the other apps; a plain
+    chroot where pivot_root is not available."""
+    number = SYS_PIVOT_ROOT.get(os.uname().machine)
+    if number is None:
+        os.chroot(rootfs)
+        return
+    _check(libc().unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    mount("none", "/", None, MS_REC | MS_PRIVATE)
+    os.chdir(rootfs)
+    _check(libc().syscall(number, b".", b"."), f"pivot_root {rootfs}")
+    _check(libc().umount2(b".", MNT_DETACH), "umount the old root")
+    os.chdir("/")
+
+
 def ensure_mountpoint(path: str, *, is_dir: bool) -> None:
     if os.path.lexists(path):
         return
@@ -227,9 +247,11 @@ def become(
     fds: list[int],
     cgroup_dirs: dict[str, str],
     default_caps: list[str] | None = DEFAULT_APP_CAPS,
+    pivot: bool = False,
 ) -> None:
     """Turn this (forked) process into the app: cgroups, fds, chroot, caps, user; then exec.
-    `default_caps`: the capabilities kept when the app names no retain set (None: all)."""
+    `default_caps`: the capabilities kept when the app names no retain set (None: all); `pivot`:
+    a mount namespace of the app's own with its rootfs as root (else a chroot)."""
     for controller, path in spec.get("cgroups", {}).items():
         with open(f"{cgroup_dirs[controller]}/{path}/cgroup.procs", "w") as f:
             f.write(str(os.getpid()))
@@ -243,7 +265,10 @@ def become(
         names = spec.get("listen_fd_names")
         if names:
             env["LISTEN_FDNAMES"] = ":".join(names)
-    os.chroot(rootfs)
+    if pivot:
+        enter_root(rootfs)
+    else:
+        os.chroot(rootfs)
     os.chdir(spec.get("workdir") or "/")
     keep = app_caps(spec.get("caps_retain"), spec.get("caps_remove", []), default_caps)
     restrict_caps(keep)
@@ -276,6 +301,7 @@ CONFIG = "/rktd/init.cfg"
 V2_ROOT = "/sys/fs/cgroup"
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 MAX_LINE = 48 * 1024
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class App:
@@ -395,6 +421,9 @@ class Init:
                 outs.append((r, w))
                 self.streams[r] = (app, stream)
         fds = self.app_fds(app) if main else []
+        # A stop signal between fork and exec must reach the app, not the init's handler copied into
+        # the child (which would swallow it, leaving the app to the stop timeout's SIGKILL).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         pid = os.fork()
         if pid == 0:
             try:
@@ -402,6 +431,9 @@ class Init:
             except BaseException as e:
                 os.write(2, f"rktd-init: {app.name}: {argv[0]}: {e}\n".encode(errors="replace"))
             os._exit(127)
+        if main:
+            app.pid = pid  # before a pending stop signal runs on_signal
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for _, w in outs:
             os.close(w)
         return pid
@@ -410,6 +442,7 @@ class Init:
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending one ends the child here
         os.setpgid(0, 0)
         if outs:
             os.dup2(outs[0], 1)
@@ -419,7 +452,16 @@ class Init:
             env["NOTIFY_SOCKET"] = "@" + app.notify_name
         cgroup_dirs = {c: V2_ROOT if c == "unified" else f"/cgroup/{c}" for c in app.spec.get("cgroups", {})}
         default = None if self.cfg.get("all_caps") else DEFAULT_APP_CAPS
-        become(app.spec, app.rootfs, argv, env, fds=fds, cgroup_dirs=cgroup_dirs, default_caps=default)
+        become(
+            app.spec,
+            app.rootfs,
+            argv,
+            env,
+            fds=fds,
+            cgroup_dirs=cgroup_dirs,
+            default_caps=default,
+            pivot=True,
+        )
 
     def run_handler(self, app: App, event: str) -> int:
         for argv in app.spec.get(event, []):
@@ -497,6 +539,8 @@ class Init:
                 self.fail(app, code)
                 return
         for app in self.apps:
+            if self.stopping:
+                break  # stopped while starting: the rest never start
             if app.spec.get("notify"):
                 self.open_notify(app)
             app.pid = self.spawn(app, app.spec["exec"], main=True)
