@@ -476,6 +476,16 @@ def globals_of(ctx: click.Context) -> Globals:
     return obj
 
 
+# Verbs that are stage0 (a unit's ExecStart): any error of their own, a bad manifest included, is 254,
+# so that systemd and operators tell "stage0 refused" from an app's exit status (rkt's convention).
+STAGE0_VERBS = frozenset({"run", "prepare", "run-prepared"})
+
+
+def _exit_code(error: RktdError, args: list[str]) -> int:
+    verb = next((a for a in args if not a.startswith("-") and a in COMMANDS), None)
+    return EXIT_STAGE0 if verb in STAGE0_VERBS else error.exit_code
+
+
 def main(argv: list[str] | None = None) -> Any:
     """The one exception boundary: typed errors become one line on stderr and an exit code."""
     args = sys.argv[1:] if argv is None else argv
@@ -500,7 +510,7 @@ def main(argv: list[str] | None = None) -> Any:
         if debug:
             raise
         _echo_err(f"rktd: {e}")
-        sys.exit(e.exit_code)
+        sys.exit(_exit_code(e, args))
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as e:
