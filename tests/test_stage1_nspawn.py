@@ -420,8 +420,13 @@ def test_sigkill_of_stage1_leaves_nothing(rktd: Rktd, flavour: str, tmp_path: Pa
     )  # fmt: skip
     uuid = rktd.wait_running(uuid_file, proc)
     rktd.wait_output(proc, "up")
-    sleeps = [p for p in _procs(str(tmp_path)) if p.split(" ", 1)[1].startswith("sleep 600")]
-    assert len(sleeps) == (2 if flavour == "nspawn" else 1), sleeps
+    want, deadline = (2 if flavour == "nspawn" else 1), time.monotonic() + 5
+    while True:  # "up" comes before the shell's children have exec'd sleep
+        sleeps = [p for p in _procs(str(tmp_path)) if p.split(" ", 1)[1].startswith("sleep 600")]
+        if len(sleeps) == want or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert len(sleeps) == want, sleeps
     os.kill(rktd.status(uuid)["pid"], signal.SIGKILL)
     proc.communicate(timeout=30)
     deadline = time.monotonic() + 10

@@ -4,8 +4,10 @@ Pure standard library, no rktd_units imports: stage0 copies this file (compiled 
 pod directory and nspawn runs it as `python3 -I -S /rktd/init.pyc`. It reads `/rktd/init.cfg`
 (stage1.json as marshal data), then for each app: binds /proc, /dev and /sys into the app's rootfs
 (`/opt/stage2/<app>/rootfs`, already mounted by stage1), runs pre-start handlers, forks the
-app chrooted into its rootfs with its environment, user, groups, working directory, cgroup,
-capability bounding set and no-new-privileges, and relays its stdout/stderr line by line to
+app with its rootfs as the root of a mount namespace of its own (pivot_root), its environment,
+user, groups, working directory, cgroup, capabilities (bounding, inheritable, permitted and
+effective sets; the default set of container runtimes unless the pod says otherwise) and
+no-new-privileges, and relays its stdout/stderr line by line to
 journald's native socket (or, without journald, to its own stdout/stderr as `app[NAME]: line`).
 It reaps every process, sends READY=1 to $NOTIFY_SOCKET once the apps are started (or once every
 app that supports sd_notify said READY=1), and ends when all apps ended, or as soon as one
