@@ -3,6 +3,7 @@ leave no veth, network namespace, IPAM lease, iptables rule or mount behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -12,6 +13,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,27 +94,61 @@ def test_20_crashed_setups_cleaned_from_pod_dir(dirs: tuple[Path, Path, Path]) -
     _cycle(local_config, data_dir, pods, "default", True)
     before = host_state(data_dir)
     rng = random.Random(6)
+    # Kill points are fractions of how long one whole setup takes on this machine now, so that the
+    # mix of crash points does not depend on the machine's speed or load.
+    full = _time_one_child(local_config, data_dir, pods, rng)
     outcomes = {"complete": 0, "partial": 0, "nothing": 0}
-    for i in range(20):
-        pod_uuid = str(uuid.uuid4())
-        pod_dir = pods / pod_uuid
-        pod_dir.mkdir()
-        argv = [sys.executable, "-c", CHILD, pod_uuid, str(pod_dir), str(local_config), str(data_dir)]
-        argv.append(str(rng.randint(20000, 29999)))
-        child = subprocess.Popen(argv, cwd=ROOT_DIR, stdout=subprocess.PIPE, start_new_session=True)
-        # Kill the setup and every plugin it runs at some point: early cycles mid-way, late ones after.
-        time.sleep(rng.uniform(0.05, 0.35) if i < 15 else 1.5)
-        os.killpg(child.pid, signal.SIGKILL)
-        out, _ = child.communicate(timeout=10)
-        state = network._read_state(pod_dir)
-        if out.strip() == b"done":
-            outcomes["complete"] += 1
-        else:
-            outcomes["partial" if state else "nothing"] += 1
-        # gc: a new process knows nothing but the pod dir.
-        network.teardown(pod_uuid, pod_dir, local_config=local_config)
-        assert network.status(pod_dir) is None
+    cycles = 0
+    # At least 20 crashes; more (at most 60) until both kinds of crash were seen often enough.
+    while cycles < 20 or (cycles < 60 and (outcomes["complete"] < 5 or outcomes["partial"] < 3)):
+        after_done = cycles % 4 == 3
+        outcome = _crash_once(local_config, data_dir, pods, rng, full * 1.5 if after_done else None, full)
+        outcomes[outcome] += 1
+        cycles += 1
     after = host_state(data_dir)
     assert after == before, f"left behind after crashes {outcomes}: {_diff(before, after)}"
     assert outcomes["complete"] >= 5 and outcomes["partial"] >= 3, outcomes
     print(f"\ncrash cycles: {outcomes}")
+
+
+def _child(pod_uuid: str, pod_dir: Path, local_config: Path, data_dir: Path, rng: random.Random) -> Any:
+    argv = [sys.executable, "-c", CHILD, pod_uuid, str(pod_dir), str(local_config), str(data_dir)]
+    argv.append(str(rng.randint(20000, 29999)))
+    return subprocess.Popen(argv, cwd=ROOT_DIR, stdout=subprocess.PIPE, start_new_session=True)
+
+
+def _time_one_child(local_config: Path, data_dir: Path, pods: Path, rng: random.Random) -> float:
+    pod_uuid = str(uuid.uuid4())
+    pod_dir = pods / pod_uuid
+    pod_dir.mkdir()
+    start = time.monotonic()
+    child = _child(pod_uuid, pod_dir, local_config, data_dir, rng)
+    assert child.stdout is not None
+    line = child.stdout.readline()  # "done" once setup has finished; the child then waits to be killed
+    took = time.monotonic() - start
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)
+    child.communicate(timeout=10)
+    assert line.strip() == b"done"
+    network.teardown(pod_uuid, pod_dir, local_config=local_config)
+    return took
+
+
+def _crash_once(
+    local_config: Path, data_dir: Path, pods: Path, rng: random.Random, delay: float | None, full: float
+) -> str:
+    """Start a setup, SIGKILL it and every plugin it runs, then tear down from the pod dir as gc would."""
+    pod_uuid = str(uuid.uuid4())
+    pod_dir = pods / pod_uuid
+    pod_dir.mkdir()
+    child = _child(pod_uuid, pod_dir, local_config, data_dir, rng)
+    time.sleep(delay if delay is not None else rng.uniform(0.1, 0.95) * full)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)
+    out, _ = child.communicate(timeout=10)
+    state = network._read_state(pod_dir)
+    outcome = "complete" if out.strip() == b"done" else "partial" if state else "nothing"
+    # gc: a new process knows nothing but the pod dir.
+    network.teardown(pod_uuid, pod_dir, local_config=local_config)
+    assert network.status(pod_dir) is None
+    return outcome
