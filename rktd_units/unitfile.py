@@ -243,6 +243,9 @@ def parse(text: str, path: str = "<unit>") -> UnitFile:
                 logical = logical[:-1]  # a continuation at the end of the file ends there
             line = logical.strip(WHITESPACE)
         raw = lines[start] if i == start + 1 else "".join(lines[start:i])
+        if not line:  # e.g. a lone `\` at the end of the file: systemd reads an empty line
+            items.append(Trivia(raw))
+            continue
         number = start + 1
         if len(line) > LONG_LINE_MAX // 4 and len(line.encode(errors="surrogateescape")) > LONG_LINE_MAX:
             raise UnitFileError(f"{path}:{number}: line longer than {LONG_LINE_MAX} bytes")

@@ -54,6 +54,9 @@ RUN_DIR = "/run"  # what %t means for the system manager; written out, so the un
 NETWORK_TARGET = "network-online.target"
 SOCKETS_TARGET = "sockets.target"
 DEFAULT_RESTART = "on-failure"  # appc pods; Kubernetes pods carry restartPolicy as rktd/restart
+# The pod's init sends SIGKILL to its apps rktd/stop-timeout seconds after SIGTERM, then runs post-stop
+# handlers and nspawn tears down: systemd's own SIGKILL (TimeoutStopSec=) comes this much later.
+STOP_MARGIN = 5
 # Annotations passed on as `rktd run` flags (rkt's spellings, DESIGN.md), one flag per word.
 _WORD_FLAGS = (("--dns", "rktd/dns"), ("--dns-search", "rktd/dns-search"), ("--dns-opt", "rktd/dns-opt"))
 _UNIT_SUFFIX = re.compile(r"\.[a-z]+\Z")
@@ -231,7 +234,7 @@ def _service_context(
         "exec_start": _exec_start(podfile, ann, prefix),
         "exec_stop_post": stop_post(name),
         "restart": ann["rktd/restart"] or DEFAULT_RESTART,
-        "stop_timeout": ann["rktd/stop-timeout"],
+        "stop_timeout": ann["rktd/stop-timeout"] + STOP_MARGIN,
         "syslog_identifier": f"pod-{name}",
         "log_extra_fields": f"RKTD_POD={name}",
     }
@@ -297,7 +300,7 @@ def static_template(templates: Templates | None = None) -> str:
         "exec_start": [RKTD, "run", Raw("--pod-manifest=%i"), Raw(f"--uuid-file-save={uuid_file('%i')}")],
         "exec_stop_post": [RKTD, "rm", Raw(f"--uuid-file={uuid_file('%i')}")],
         "restart": DEFAULT_RESTART,
-        "stop_timeout": defaults["rktd/stop-timeout"],
+        "stop_timeout": defaults["rktd/stop-timeout"] + STOP_MARGIN,
         "syslog_identifier": Raw("pod-%i"),
         "log_extra_fields": Raw("RKTD_POD=%i"),
     }

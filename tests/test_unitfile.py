@@ -221,6 +221,8 @@ def test_specifier_escaping_round_trips(text: str) -> None:
 
 
 @given(st.text(max_size=60))
+@example("\\")  # a lone continuation at the end of the file (found by this test)
+@example("[A]\nK=v\n \\")
 def test_parse_of_any_text_is_lossless_or_an_error(text: str) -> None:
     try:
         unit = parse(text)
