@@ -36,6 +36,93 @@ def rktd_units_annotations_Annotation(_dflt, _factory):
     return __init__
 
 
+def rktd_units_cli_Flag(_dflt, _factory):
+    def __init__(
+        self,
+        field,
+        parse,
+        repeat=_dflt["repeat"],
+        flag_only=_dflt["flag_only"],
+        help=_dflt["help"],
+    ):
+        _fields = self.__dict__
+        _fields["field"] = field
+        _fields["parse"] = parse
+        _fields["repeat"] = repeat
+        _fields["flag_only"] = flag_only
+        _fields["help"] = help
+
+    __init__.__annotations__ = {
+        "field": "str",
+        "parse": "Callable[[str], Any]",
+        "repeat": "bool",
+        "flag_only": "bool",
+        "help": "str",
+        "return": None,
+    }
+    return __init__
+
+
+def rktd_units_cli_Globals(_dflt, _factory):
+    def __init__(
+        self,
+        dir,
+        local_config,
+        system_config,
+        insecure_options,
+        debug,
+    ):
+        _fields = self.__dict__
+        _fields["dir"] = dir
+        _fields["local_config"] = local_config
+        _fields["system_config"] = system_config
+        _fields["insecure_options"] = insecure_options
+        _fields["debug"] = debug
+
+    __init__.__annotations__ = {
+        "dir": "str",
+        "local_config": "str",
+        "system_config": "str",
+        "insecure_options": "frozenset[str]",
+        "debug": "bool",
+        "return": None,
+    }
+    return __init__
+
+
+def rktd_units_cli_Option(_dflt, _factory):
+    def __init__(
+        self,
+        name,
+        dest,
+        help=_dflt["help"],
+        default=_dflt["default"],
+        multiple=_dflt["multiple"],
+        flag=_dflt["flag"],
+        choices=_dflt["choices"],
+    ):
+        _fields = self.__dict__
+        _fields["name"] = name
+        _fields["dest"] = dest
+        _fields["help"] = help
+        _fields["default"] = default
+        _fields["multiple"] = multiple
+        _fields["flag"] = flag
+        _fields["choices"] = choices
+
+    __init__.__annotations__ = {
+        "name": "str",
+        "dest": "str",
+        "help": "str | None",
+        "default": "str | None",
+        "multiple": "bool",
+        "flag": "bool",
+        "choices": "tuple[str, ...]",
+        "return": None,
+    }
+    return __init__
+
+
 def rktd_units_formats_Format(_dflt, _factory):
     def __init__(
         self,
@@ -531,6 +618,219 @@ def rktd_units_podpath_Candidate(_dflt, _factory):
     return __init__
 
 
+def rktd_units_stage0_ImageArg(_dflt, _factory):
+    def __init__(
+        self,
+        image,
+        exec=_dflt["exec"],
+        args=_dflt["args"],
+        name=_dflt["name"],
+        user=_dflt["user"],
+        group=_dflt["group"],
+        supplementary_gids=_dflt["supplementary_gids"],
+        working_dir=_dflt["working_dir"],
+        environment=_dflt["environment"],
+        mounts=_dflt["mounts"],
+        readonly_rootfs=_dflt["readonly_rootfs"],
+        memory=_dflt["memory"],
+        cpu=_dflt["cpu"],
+        cap_retain=_dflt["cap_retain"],
+        cap_remove=_dflt["cap_remove"],
+    ):
+        _fields = self.__dict__
+        _fields["image"] = image
+        _fields["exec"] = exec
+        _fields["args"] = args
+        _fields["name"] = name
+        _fields["user"] = user
+        _fields["group"] = group
+        _fields["supplementary_gids"] = supplementary_gids
+        _fields["working_dir"] = working_dir
+        _fields["environment"] = environment
+        _fields["mounts"] = mounts
+        _fields["readonly_rootfs"] = readonly_rootfs
+        _fields["memory"] = memory
+        _fields["cpu"] = cpu
+        _fields["cap_retain"] = cap_retain
+        _fields["cap_remove"] = cap_remove
+
+    __init__.__annotations__ = {
+        "image": "str",
+        "exec": "str | None",
+        "args": "tuple[str, ...] | None",
+        "name": "str | None",
+        "user": "str | None",
+        "group": "str | None",
+        "supplementary_gids": "tuple[int, ...] | None",
+        "working_dir": "str | None",
+        "environment": "tuple[NameValue, ...]",
+        "mounts": "tuple[Mount, ...]",
+        "readonly_rootfs": "bool | None",
+        "memory": "str | None",
+        "cpu": "str | None",
+        "cap_retain": "tuple[str, ...] | None",
+        "cap_remove": "tuple[str, ...]",
+        "return": None,
+    }
+    return __init__
+
+
+def rktd_units_stage0_Resolved(_dflt, _factory):
+    def __init__(
+        self,
+        app,
+        image_id,
+        manifest,
+        rootfs,
+    ):
+        _fields = self.__dict__
+        _fields["app"] = app
+        _fields["image_id"] = image_id
+        _fields["manifest"] = manifest
+        _fields["rootfs"] = rootfs
+
+    __init__.__annotations__ = {
+        "app": "RuntimeApp",
+        "image_id": "str",
+        "manifest": "ImageManifest",
+        "rootfs": "Path",
+        "return": None,
+    }
+    return __init__
+
+
+def rktd_units_stage0_RunOptions(_dflt, _factory):
+    def __init__(
+        self,
+        data_dir,
+        local_config=_dflt["local_config"],
+        system_config=_dflt["system_config"],
+        insecure=_dflt["insecure"],
+        pod_manifest=_dflt["pod_manifest"],
+        images=_dflt["images"],
+        name=_dflt["name"],
+        set_env=_dflt["set_env"],
+        inherit_env=_dflt["inherit_env"],
+        volumes=_dflt["volumes"],
+        net=_dflt["net"],
+        dns=_dflt["dns"],
+        dns_search=_dflt["dns_search"],
+        dns_opt=_dflt["dns_opt"],
+        dns_domain=_dflt["dns_domain"],
+        hosts_entries=_dflt["hosts_entries"],
+        hostname=_dflt["hostname"],
+        ports=_dflt["ports"],
+        uuid_file_save=_dflt["uuid_file_save"],
+        interactive=_dflt["interactive"],
+        stage1=_dflt["stage1"],
+        pull_policy=_dflt["pull_policy"],
+        environ=_factory,
+    ):
+        _fields = self.__dict__
+        _fields["data_dir"] = data_dir
+        _fields["local_config"] = local_config
+        _fields["system_config"] = system_config
+        _fields["insecure"] = insecure
+        _fields["pod_manifest"] = pod_manifest
+        _fields["images"] = images
+        _fields["name"] = name
+        _fields["set_env"] = set_env
+        _fields["inherit_env"] = inherit_env
+        _fields["volumes"] = volumes
+        _fields["net"] = net
+        _fields["dns"] = dns
+        _fields["dns_search"] = dns_search
+        _fields["dns_opt"] = dns_opt
+        _fields["dns_domain"] = dns_domain
+        _fields["hosts_entries"] = hosts_entries
+        _fields["hostname"] = hostname
+        _fields["ports"] = ports
+        _fields["uuid_file_save"] = uuid_file_save
+        _fields["interactive"] = interactive
+        _fields["stage1"] = stage1
+        _fields["pull_policy"] = pull_policy
+        _fields["environ"] = _dflt["environ"]() if environ is _factory else environ
+
+    __init__.__annotations__ = {
+        "data_dir": "str",
+        "local_config": "str",
+        "system_config": "str",
+        "insecure": "frozenset[str]",
+        "pod_manifest": "str | None",
+        "images": "tuple[ImageArg, ...]",
+        "name": "str | None",
+        "set_env": "tuple[NameValue, ...]",
+        "inherit_env": "bool",
+        "volumes": "tuple[Volume, ...]",
+        "net": "str | None",
+        "dns": "tuple[str, ...]",
+        "dns_search": "tuple[str, ...]",
+        "dns_opt": "tuple[str, ...]",
+        "dns_domain": "str | None",
+        "hosts_entries": "tuple[str, ...]",
+        "hostname": "str | None",
+        "ports": "tuple[str, ...]",
+        "uuid_file_save": "str | None",
+        "interactive": "bool",
+        "stage1": "str | None",
+        "pull_policy": "str",
+        "environ": "dict[str, str]",
+        "return": None,
+    }
+    return __init__
+
+
+def rktd_units_store_ImageInfo(_dflt, _factory):
+    def __init__(
+        self,
+        id,
+        name,
+        labels,
+        size,
+        import_time,
+        manifest,
+        source=_dflt["source"],
+        path=_dflt["path"],
+        raw_size=_dflt["raw_size"],
+        compression=_dflt["compression"],
+        trusted=_dflt["trusted"],
+        allow_devices=_dflt["allow_devices"],
+        last_used=_dflt["last_used"],
+    ):
+        _fields = self.__dict__
+        _fields["id"] = id
+        _fields["name"] = name
+        _fields["labels"] = labels
+        _fields["size"] = size
+        _fields["import_time"] = import_time
+        _fields["manifest"] = manifest
+        _fields["source"] = source
+        _fields["path"] = path
+        _fields["raw_size"] = raw_size
+        _fields["compression"] = compression
+        _fields["trusted"] = trusted
+        _fields["allow_devices"] = allow_devices
+        _fields["last_used"] = last_used
+
+    __init__.__annotations__ = {
+        "id": "str",
+        "name": "str",
+        "labels": "tuple[NameValue, ...]",
+        "size": "int",
+        "import_time": "float",
+        "manifest": "ImageManifest",
+        "source": "str | None",
+        "path": "Path | None",
+        "raw_size": "int",
+        "compression": "str",
+        "trusted": "bool",
+        "allow_devices": "bool",
+        "last_used": "float | None",
+        "return": None,
+    }
+    return __init__
+
+
 CLASSES = {
     "rktd_units.annotations.Annotation": (
         (
@@ -541,6 +841,38 @@ CLASSES = {
             ("help", "str", "required"),
         ),
         rktd_units_annotations_Annotation,
+    ),
+    "rktd_units.cli.Flag": (
+        (
+            ("field", "str", "required"),
+            ("parse", "Callable[[str], Any]", "required"),
+            ("repeat", "bool", "default"),
+            ("flag_only", "bool", "default"),
+            ("help", "str", "default"),
+        ),
+        rktd_units_cli_Flag,
+    ),
+    "rktd_units.cli.Globals": (
+        (
+            ("dir", "str", "required"),
+            ("local_config", "str", "required"),
+            ("system_config", "str", "required"),
+            ("insecure_options", "frozenset[str]", "required"),
+            ("debug", "bool", "required"),
+        ),
+        rktd_units_cli_Globals,
+    ),
+    "rktd_units.cli.Option": (
+        (
+            ("name", "str", "required"),
+            ("dest", "str", "required"),
+            ("help", "str | None", "default"),
+            ("default", "str | None", "default"),
+            ("multiple", "bool", "default"),
+            ("flag", "bool", "default"),
+            ("choices", "tuple[str, ...]", "default"),
+        ),
+        rktd_units_cli_Option,
     ),
     "rktd_units.formats.Format": (
         (
@@ -725,5 +1057,80 @@ CLASSES = {
             ("kind", "ManifestFormat", "required"),
         ),
         rktd_units_podpath_Candidate,
+    ),
+    "rktd_units.stage0.ImageArg": (
+        (
+            ("image", "str", "required"),
+            ("exec", "str | None", "default"),
+            ("args", "tuple[str, ...] | None", "default"),
+            ("name", "str | None", "default"),
+            ("user", "str | None", "default"),
+            ("group", "str | None", "default"),
+            ("supplementary_gids", "tuple[int, ...] | None", "default"),
+            ("working_dir", "str | None", "default"),
+            ("environment", "tuple[NameValue, ...]", "default"),
+            ("mounts", "tuple[Mount, ...]", "default"),
+            ("readonly_rootfs", "bool | None", "default"),
+            ("memory", "str | None", "default"),
+            ("cpu", "str | None", "default"),
+            ("cap_retain", "tuple[str, ...] | None", "default"),
+            ("cap_remove", "tuple[str, ...]", "default"),
+        ),
+        rktd_units_stage0_ImageArg,
+    ),
+    "rktd_units.stage0.Resolved": (
+        (
+            ("app", "RuntimeApp", "required"),
+            ("image_id", "str", "required"),
+            ("manifest", "ImageManifest", "required"),
+            ("rootfs", "Path", "required"),
+        ),
+        rktd_units_stage0_Resolved,
+    ),
+    "rktd_units.stage0.RunOptions": (
+        (
+            ("data_dir", "str", "required"),
+            ("local_config", "str", "default"),
+            ("system_config", "str", "default"),
+            ("insecure", "frozenset[str]", "default"),
+            ("pod_manifest", "str | None", "default"),
+            ("images", "tuple[ImageArg, ...]", "default"),
+            ("name", "str | None", "default"),
+            ("set_env", "tuple[NameValue, ...]", "default"),
+            ("inherit_env", "bool", "default"),
+            ("volumes", "tuple[Volume, ...]", "default"),
+            ("net", "str | None", "default"),
+            ("dns", "tuple[str, ...]", "default"),
+            ("dns_search", "tuple[str, ...]", "default"),
+            ("dns_opt", "tuple[str, ...]", "default"),
+            ("dns_domain", "str | None", "default"),
+            ("hosts_entries", "tuple[str, ...]", "default"),
+            ("hostname", "str | None", "default"),
+            ("ports", "tuple[str, ...]", "default"),
+            ("uuid_file_save", "str | None", "default"),
+            ("interactive", "bool", "default"),
+            ("stage1", "str | None", "default"),
+            ("pull_policy", "str", "default"),
+            ("environ", "dict[str, str]", "factory"),
+        ),
+        rktd_units_stage0_RunOptions,
+    ),
+    "rktd_units.store.ImageInfo": (
+        (
+            ("id", "str", "required"),
+            ("name", "str", "required"),
+            ("labels", "tuple[NameValue, ...]", "required"),
+            ("size", "int", "required"),
+            ("import_time", "float", "required"),
+            ("manifest", "ImageManifest", "required"),
+            ("source", "str | None", "default"),
+            ("path", "Path | None", "default"),
+            ("raw_size", "int", "default"),
+            ("compression", "str", "default"),
+            ("trusted", "bool", "default"),
+            ("allow_devices", "bool", "default"),
+            ("last_used", "float | None", "default"),
+        ),
+        rktd_units_store_ImageInfo,
     ),
 }

@@ -14,10 +14,10 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from rktd_units import __version__
 from rktd_units.errors import EXIT_STAGE0, RktdError, UsageError
+from rktd_units.frozen import frozen
 
 TYPE_CHECKING = False  # typing and click are imported only for the type checker (lean start-up)
 if TYPE_CHECKING:
@@ -48,8 +48,10 @@ COMMANDS: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
+@frozen
 class Globals:
+    """The global options, as every verb gets them."""
+
     dir: str
     local_config: str
     system_config: str
@@ -74,7 +76,7 @@ INSECURE_OPTIONS = (
 # -- the option tables ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class Option:
     """A `--long` option: a string (the last one given wins), a repeatable one, or a flag."""
 
@@ -247,8 +249,10 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(w for w in text.split(",") if w)
 
 
-@dataclass(frozen=True)
+@frozen
 class Flag:
+    """A per-app flag of `rktd run IMAGE --flag=VALUE`: the ImageArg field it sets, parsed by `parse`."""
+
     field: str
     parse: Callable[[str], Any]
     repeat: bool = False

@@ -10,7 +10,10 @@ such classes (the model and the tables), so here:
 - `__repr__`, `__eq__`, `__hash__`, `__setattr__` and `__delattr__` are the same few lines for
   every class, closed over its field names;
 - `__dataclass_fields__` and `__dataclass_params__` are made by `dataclasses` itself the first time
-  anything asks (`dataclasses.fields()`, `replace()`, `asdict()`, `is_dataclass()`).
+  anything asks (`dataclasses.fields()`, `replace()`, `asdict()`, `is_dataclass()`);
+- `frozen.replace()` and `frozen.defaults()` are `dataclasses.replace()` and the fields' defaults
+  for these classes without importing `dataclasses` (`rktd run` uses them on every pod start; for
+  any other class they ask `dataclasses`).
 
 The tests check every such class against what `dataclasses.dataclass(frozen=True)` makes of the
 same declaration: fields, `__init__` signature, `__match_args__`, repr, equality, hash, frozenness.
@@ -64,6 +67,7 @@ _FORMAT = 2  # of the code build() writes: change it with the code
 # One field: (name, annotation text, "required" | "default" | "factory").
 Spec = tuple[tuple[str, str, str], ...]
 SPECS: dict[str, Spec] = {}  # every class this module handles, by module.qualname, for build()
+_NAMES: dict[type, tuple[str, ...]] = {}  # every class made here (not by dataclasses): its fields
 
 
 class _Factory:
@@ -104,6 +108,29 @@ def _spec(cls: type) -> Spec | None:
             kind = "default"
         out.append((name, annotation, kind))
     return tuple(out)
+
+
+def replace(obj: _T, /, **changes: Any) -> _T:
+    """`dataclasses.replace(obj, **changes)`: a copy of `obj` with `changes`, through its `__init__`."""
+    names = _NAMES.get(type(obj))
+    if names is None:  # made by dataclasses (or not a dataclass: it raises the same TypeError)
+        import dataclasses
+
+        return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
+    values = {name: getattr(obj, name) for name in names}
+    values.update(changes)  # an unknown name: TypeError from __init__, as with dataclasses
+    return type(obj)(**values)
+
+
+def defaults(cls: type) -> dict[str, Any]:
+    """The fields' plain defaults by name (not `default_factory` ones): the `Field.default`s of
+    `dataclasses.fields(cls)` that are not MISSING."""
+    names = _NAMES.get(cls)
+    if names is None:
+        import dataclasses
+
+        return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    return {name: cls.__dict__[name] for name in names if name in cls.__dict__}
 
 
 def _compiled() -> dict[str, tuple[Spec, Callable[..., Callable[..., None]]]]:
@@ -190,6 +217,7 @@ def _install(cls: Any, spec: Spec, make_init: Callable[..., Callable[..., None]]
         fn.__module__ = cls.__module__
         setattr(cls, name, fn)
     setattr(cls, "__match_args__", names)  # noqa: B010 (mypy: type has no such attribute)
+    _NAMES[cls] = names
     for attr in ("__dataclass_fields__", "__dataclass_params__"):
         setattr(cls, attr, _FromDataclasses(attr, factories))
 
@@ -226,6 +254,9 @@ class _FromDataclasses:
 
 MODULES = (
     "rktd_units.model",
+    "rktd_units.cli",
+    "rktd_units.stage0",
+    "rktd_units.store",
     "rktd_units.annotations",
     "rktd_units.formats",
     "rktd_units.formats.schema",

@@ -20,7 +20,6 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from rktd_units.errors import PodError
@@ -57,14 +56,33 @@ FILE_MODE = 0o600
 MAX_STATUS = 64  # bytes of an exit status file worth reading
 
 
-@dataclass
 class PodDir:
-    """One pod directory. `lock_fd` is set while this process holds the pod's lock."""
+    """One pod directory. `lock_fd` is set while this process holds the pod's lock.
 
-    root: Path  # <dir>/pods
-    uuid: str
-    state: State
-    lock_fd: int | None = field(default=None, repr=False)
+    A plain class rather than a dataclass: `dataclasses` is not imported on a pod's start."""
+
+    # Mutable and compared by value, as the dataclass it was: unhashable.
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, root: Path, uuid: str, state: State, lock_fd: int | None = None) -> None:
+        self.root = root  # <dir>/pods
+        self.uuid = uuid
+        self.state = state
+        self.lock_fd = lock_fd
+
+    def __repr__(self) -> str:
+        return f"{type(self).__qualname__}(root={self.root!r}, uuid={self.uuid!r}, state={self.state!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, PodDir)
+        return (self.root, self.uuid, self.state, self.lock_fd) == (
+            other.root,
+            other.uuid,
+            other.state,
+            other.lock_fd,
+        )
 
     @property
     def path(self) -> Path:
@@ -343,11 +361,16 @@ class Pods:
 # -- garbage collection ----------------------------------------------------------------------------
 
 
-@dataclass
 class GcReport:
-    marked: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    """What `gc()` did: pods marked as garbage, pods removed, and per-pod errors."""
+
+    def __init__(self) -> None:
+        self.marked: list[str] = []
+        self.removed: list[str] = []
+        self.errors: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"GcReport(marked={self.marked!r}, removed={self.removed!r}, errors={self.errors!r})"
 
 
 def gc(pods: Pods, *, grace: float = DEFAULT_GRACE, prepared_expiry: float = 24 * 3600.0) -> GcReport:

@@ -15,10 +15,10 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rktd_units.errors import ImageError, PodError, UsageError
+from rktd_units.frozen import field, frozen, replace
 from rktd_units.model import (
     App,
     ImageManifest,
@@ -42,7 +42,7 @@ NOTIFY_ANNOTATION = "appc.io/executor/supports-systemd-notify"
 INIT_SOURCE = Path(__file__).parent / "stage1" / "init.py"
 
 
-@dataclass(frozen=True)
+@frozen
 class ImageArg:
     """One IMAGE of `rktd run IMAGE [flags] [-- args] --- IMAGE2 ...` with its per-app flags."""
 
@@ -63,8 +63,10 @@ class ImageArg:
     cap_remove: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@frozen
 class RunOptions:
+    """Everything `rktd run`/`prepare` was told: global options, pod-wide flags, the images."""
+
     data_dir: str
     local_config: str = "/etc/rktd"
     system_config: str = "/usr/lib/rktd"
@@ -90,7 +92,7 @@ class RunOptions:
     environ: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@frozen
 class Resolved:
     """An app of the pod with its image found in the store."""
 

@@ -31,10 +31,10 @@ import re
 import stat
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from rktd_units.errors import ImageError, RktdError, StoreError
+from rktd_units.frozen import frozen
 from rktd_units.model import Dependency, ImageManifest, NameValue
 
 TYPE_CHECKING = False  # typing is imported only for the type checker: it is on every pod start
@@ -62,8 +62,10 @@ SKELETON = "skeleton"
 LAST_USED = "last-used"
 
 
-@dataclass(frozen=True)
+@frozen
 class ImageInfo:
+    """One stored image: its manifest and what info.json says of it."""
+
     id: str
     name: str
     labels: tuple[NameValue, ...]
@@ -326,6 +328,7 @@ class Store:
                 check(result.manifest)
             info = {
                 "id": result.image_id,
+                "name": result.manifest.name,  # for find(), which reads no manifest of another name
                 "importTime": time.time(),
                 "source": source,
                 "size": result.size,
@@ -464,7 +467,13 @@ class Store:
         answer an appc name; only a docker reference (`with_docker=True`) may use them.
         """
         best: ImageInfo | None = None
-        for info in self.list():
+        for image_id in self._ids():
+            if not self._may_be_named(image_id, name):
+                continue
+            try:
+                info = self._load(image_id)
+            except ImageError:
+                continue  # removed meanwhile
             if info.name != name or (is_docker(info) and not with_docker):
                 continue
             if any(info.label(k) != v for k, v in labels.items()):
@@ -476,6 +485,17 @@ class Store:
             ):
                 best = info
         return best
+
+    def _may_be_named(self, image_id: str, name: str) -> bool:
+        """False if the image's info.json names another image: `find` runs on every pod start, and
+        info.json is a few bytes where the manifest is parsed whole (images stored before info.json
+        recorded the name are read whole)."""
+        try:
+            with open(self.images_dir / image_id / INFO, "rb") as f:
+                recorded = json.loads(f.read()).get("name", name)
+        except (OSError, ValueError, AttributeError):
+            return True  # _load says what is wrong
+        return bool(recorded == name)
 
     def find_verified(
         self, name: str, labels: Mapping[str, str] = {}, *, insecure: Collection[str] = ()

@@ -92,6 +92,15 @@ def test_same_class_as_dataclasses_makes(qualname: str) -> None:
     assert hash(obj) == hash(robj) == hash(same)
     assert dataclasses.astuple(obj) == dataclasses.astuple(robj)
     assert dataclasses.replace(obj, **b) == other
+    assert cls in frozen._NAMES  # frozen.replace() and defaults() do not ask dataclasses
+    assert frozen.replace(obj, **b) == other
+    first = next(iter(b))
+    assert repr(frozen.replace(obj, **{first: b[first]})) == repr(
+        dataclasses.replace(robj, **{first: b[first]})
+    )
+    with pytest.raises(TypeError, match="not_a_field"):
+        frozen.replace(obj, not_a_field=1)
+    assert frozen.defaults(cls) == frozen.defaults(ref)  # ref: from its dataclasses.fields()
     assert pickle.loads(pickle.dumps(obj)) == obj
     required = [
         f.name for f in dataclasses.fields(cls) if f.default is f.default_factory is dataclasses.MISSING
@@ -131,3 +140,5 @@ def test_a_stale_or_unhandled_class_is_made_by_dataclasses() -> None:
     assert (
         repr(Stale(1)) == "test_a_stale_or_unhandled_class_is_made_by_dataclasses.<locals>.Stale(a=1, b='x')"
     )
+    assert frozen.replace(Stale(1), b="y") == Stale(1, "y")
+    assert frozen.defaults(Stale) == {"b": "x"}

@@ -125,6 +125,26 @@ def test_info_find_get_and_prefixes(tmp_path: Path) -> None:
     assert (store.rootfs(one.id) / "bin/busybox").read_bytes() == Path("/bin/busybox").read_bytes()
 
 
+def test_find_reads_only_the_manifests_of_the_name(tmp_path: Path) -> None:
+    """`find` runs on every pod start: info.json records the name, and other images' manifests stay
+    unread (a damaged one does not stop it); an info.json from before the name was recorded still works."""
+    store = Store(tmp_path / "store")
+    ids = {}
+    for name in ("a.b/w", "a.b/o"):
+        entries = [Entry("manifest", data=image_manifest(name)), Entry("rootfs", "dir", mode=0o755)]
+        ids[name] = store.import_aci(write_aci(tmp_path / "x.aci", entries)).id
+    wanted, other = store.image_dir(ids["a.b/w"]), store.image_dir(ids["a.b/o"])
+    assert json.loads((other / "info.json").read_text())["name"] == "a.b/o"
+    (other / "manifest").write_text("not json")
+    assert store.find("a.b/w") == store.get(ids["a.b/w"])
+    meta = json.loads((wanted / "info.json").read_text())
+    del meta["name"]
+    (wanted / "info.json").write_text(json.dumps(meta))
+    assert store.find("a.b/w") == store.get(ids["a.b/w"])
+    with pytest.raises(StoreError, match="damaged"):
+        store.find("a.b/o")
+
+
 def test_second_use_copies_nothing(tmp_path: Path) -> None:
     """Importing again finds the image; every user gets the same tree (same inode), nothing copied."""
     store = Store(tmp_path / "store")

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from rktd_units.errors import ManifestError
+from rktd_units.frozen import defaults as field_defaults
 from rktd_units.frozen import frozen
 from rktd_units.model import NameValue
 
@@ -281,9 +282,7 @@ def _known(raw: str, keys: Sequence[Key]) -> str:
 
 
 def dump_members(obj: object, keys: Sequence[Key], consts: dict[str, str] | None = None) -> dict[str, Any]:
-    import dataclasses  # writing manifests only: the generator never imports it (STYLE.md 13)
-
-    defaults = {f.name: f.default for f in dataclasses.fields(obj)}  # type: ignore[arg-type]
+    defaults = field_defaults(type(obj))  # rktd run writes the pod manifest: no dataclasses here
     out: dict[str, Any] = {}
     for key in keys:
         if not key.attr:
@@ -291,7 +290,7 @@ def dump_members(obj: object, keys: Sequence[Key], consts: dict[str, str] | None
                 out[key.name] = consts[key.name]
             continue
         value = getattr(obj, key.attr)
-        if key.always or value != defaults.get(key.attr, dataclasses.MISSING):
+        if key.always or key.attr not in defaults or value != defaults[key.attr]:
             out[key.name] = key.dump(value)
     return out
 
