@@ -75,6 +75,13 @@ def build_root(root: Path, cfg: dict[str, Any]) -> None:
         (root / STAGE2 / app["name"] / "rootfs").mkdir(parents=True, exist_ok=True)
 
 
+def registers_itself(cfg: dict[str, Any]) -> bool:
+    """Does stage1 register the pod with machined itself (machined.py), so that the registration
+    carries the host side of the pod's CNI interfaces? Only for a unit's pod with a network namespace
+    of its own and a system bus; otherwise nspawn registers it (or, without a bus, nobody does)."""
+    return bool(cfg.get("netns")) and has_system_bus() and under_systemd()
+
+
 def nspawn_argv(root: Path, cfg: dict[str, Any]) -> list[str]:
     bus = has_system_bus()
     argv = [
@@ -82,7 +89,7 @@ def nspawn_argv(root: Path, cfg: dict[str, Any]) -> list[str]:
         "--quiet",
         f"--directory={root}",
         f"--machine={machine_name(cfg)}",
-        f"--register={'yes' if bus else 'no'}",
+        f"--register={'yes' if bus and not registers_itself(cfg) else 'no'}",
         "--kill-signal=SIGTERM",
         "--resolv-conf=off",
         "--timezone=off",
@@ -161,6 +168,11 @@ def exec_pod(pod_path: Path, cfg: dict[str, Any]) -> NoReturn:
     write_private(pod_path / "init.cfg", marshal.dumps(cfg))
     os.makedirs(pod_path / STATUS_DIR, mode=0o700, exist_ok=True)
     argv = nspawn_argv(root, cfg)
+    if registers_itself(cfg):
+        from rktd_units.stage1 import machined
+
+        # Forked before the private mount namespace, so it holds none of the pod's mounts.
+        machined.spawn(os.getpid(), machine_name(cfg), cfg["uuid"], root, pod_path)
     unshare_mounts()
     if _fstype("/run") != "tmpfs":
         # nspawn keeps /run/systemd/nspawn/propagate/<machine> and refuses to delete it from a
