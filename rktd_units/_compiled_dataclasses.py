@@ -682,18 +682,24 @@ def rktd_units_stage0_Resolved(_dflt, _factory):
         image_id,
         manifest,
         rootfs,
+        layers=_dflt["layers"],
+        layer_ids=_dflt["layer_ids"],
     ):
         _fields = self.__dict__
         _fields["app"] = app
         _fields["image_id"] = image_id
         _fields["manifest"] = manifest
         _fields["rootfs"] = rootfs
+        _fields["layers"] = layers
+        _fields["layer_ids"] = layer_ids
 
     __init__.__annotations__ = {
         "app": "RuntimeApp",
         "image_id": "str",
         "manifest": "ImageManifest",
         "rootfs": "Path",
+        "layers": "tuple[Path, ...]",
+        "layer_ids": "tuple[str, ...]",
         "return": None,
     }
     return __init__
@@ -1084,6 +1090,8 @@ CLASSES = {
             ("image_id", "str", "required"),
             ("manifest", "ImageManifest", "required"),
             ("rootfs", "Path", "required"),
+            ("layers", "tuple[Path, ...]", "default"),
+            ("layer_ids", "tuple[str, ...]", "default"),
         ),
         rktd_units_stage0_Resolved,
     ),

@@ -188,12 +188,16 @@ def gc(ctx: click.Context, grace_period: str) -> None:
 
 
 def _images_in_use(ctx: click.Context) -> set[str]:
-    """IDs of images that pods on this host (in any state, until gc deletes them) refer to."""
+    """IDs of images that pods on this host (in any state, until gc deletes them) refer to, with
+    the dependencies they run on."""
     from rktd_units.pods import Pods
 
-    used = set()
+    used: set[str] = set()
     for pod in Pods(cli.globals_of(ctx).dir).all():
         for app in pod.config().get("apps", []):
-            if isinstance(app, dict) and isinstance(app.get("image_id"), str):
-                used.add(app["image_id"])
+            if not isinstance(app, dict):
+                continue
+            layers = app.get("layer_ids")
+            ids = [app.get("image_id"), *(layers if isinstance(layers, list) else [])]
+            used.update(i for i in ids if isinstance(i, str))
     return used

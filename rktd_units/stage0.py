@@ -99,7 +99,9 @@ class Resolved:
     app: RuntimeApp
     image_id: str
     manifest: ImageManifest
-    rootfs: Path
+    rootfs: Path  # the top lower directory: the image's rootfs, or its rendering with its dependencies
+    layers: tuple[Path, ...] = ()  # every lower directory, top first (overlayfs `lowerdir` order)
+    layer_ids: tuple[str, ...] = ()  # the image and its dependencies, all held while the pod runs
 
 
 # -- the pod to run ----------------------------------------------------------------------------------
@@ -192,18 +194,45 @@ def resolve_images(pod: Pod, opts: RunOptions) -> list[Resolved]:
     out = []
     for ra in pod.apps:
         info = _find_image(store, ra.image, opts)
-        out.append(Resolved(ra, info.id, info.manifest, store.rootfs(info.id)))
+        layers = _layers(store, info, opts)
+        ids = tuple(layer.id for layer in reversed(layers))
+        if info.manifest.path_whitelist:  # only the whitelisted paths: one rendered tree, made once
+            lowers: tuple[Path, ...] = (store.rendered(layers),)
+        else:
+            lowers = tuple(store.rootfs(i) for i in ids)
+        out.append(Resolved(ra, info.id, info.manifest, lowers[0], lowers, ids))
     return out
 
 
-def _find_image(store: Any, ref: ImageRef, opts: RunOptions) -> Any:
+def _layers(store: Any, info: Any, opts: RunOptions) -> list[Any]:
+    """The image and its dependencies, bottom first; a dependency the store lacks is fetched as an
+    image named on the command line would be (pull policy, --insecure-options), or named in the error."""
+    from rktd_units.store import MissingDependency
+
+    tried: set[str] = set()
+    while True:
+        try:
+            return list(store.layers(info.id))
+        except MissingDependency as e:
+            if opts.pull_policy == "never" or e.wanted in tried:
+                raise
+            tried.add(e.wanted)
+            ref = ImageRef(name=e.dependency.image_name, labels=e.dependency.labels)
+            try:
+                _find_image(store, ref, opts, fetch_plain=True)
+            except ImageError as err:
+                raise ImageError(f"dependency {e.wanted} of {e.of}: {err.message}", hint=err.hint) from None
+
+
+def _find_image(store: Any, ref: ImageRef, opts: RunOptions, *, fetch_plain: bool = False) -> Any:
     """The store's image for `ref`: a plain name is looked up here first (the fast, usual path);
-    anything else, or a name not in the store, goes to the fetcher with the pull policy."""
+    anything else, or a name not in the store, goes to the fetcher with the pull policy
+    (`fetch_plain`: the store was just asked, go to the fetcher for a plain name)."""
     if ref.id:
         return store.get(ref.id)
     assert ref.name is not None
     plain = not _is_fetchable(ref.name) and not ref.is_docker
-    if plain and opts.pull_policy != "update":
+    if plain and opts.pull_policy != "update" and not fetch_plain:
         found = store.find_verified(
             ref.name, {label.name: label.value for label in ref.labels}, insecure=opts.insecure
         )
@@ -250,10 +279,12 @@ def app_spec(r: Resolved, ra: RuntimeApp, pod: Pod, opts: RunOptions, pod_path: 
     arg = _image_arg_for(ra.name, opts, pod)
     app = ra.app or App()
     exec_ = _exec(app, arg, ra.name)
-    uid, home = resolve_user(r.rootfs, (arg and arg.user) or app.user)
-    gid = resolve_group(r.rootfs, (arg and arg.group) or app.group)
+    layers = r.layers or (r.rootfs,)
+    uid, home = resolve_user(layers, (arg and arg.user) or app.user)
+    gid = resolve_group(layers, (arg and arg.group) or app.group)
     isolators = _isolators(pod, app, arg)
     isolators["image_caps"] = _retain_from_image(r, app, arg)
+    isolators.update(_exec_isolators(pod, app, ra.name, opts))
     env = _environment(app, arg, opts, ra.name, home)
     socket_ports = [port.name for a, port, _ in pod.socket_activated_ports() if a.name == ra.name]
     read_only = arg.readonly_rootfs if arg and arg.readonly_rootfs is not None else ra.read_only_rootfs
@@ -262,6 +293,8 @@ def app_spec(r: Resolved, ra: RuntimeApp, pod: Pod, opts: RunOptions, pod_path: 
         "image_name": r.manifest.name,
         "image_id": r.image_id,
         "lower": str(r.rootfs),
+        "lowers": [str(p) for p in layers],
+        "layer_ids": list(r.layer_ids or (r.image_id,)),
         "read_only_rootfs": read_only,
         "exec": exec_,
         "env": sorted(env.items()),
@@ -324,12 +357,23 @@ def _environment(app: App, arg: ImageArg | None, opts: RunOptions, name: str, ho
     return env
 
 
-def _passwd(rootfs: Path, name: str) -> list[list[str]]:
-    from rktd_units.pods import read_regular
+def _in_layers(rootfs: Path | Sequence[Path], path: str) -> str:
+    """`path` in the topmost layer (top first) that has it, as the overlay shows it; else in the top one."""
     from rktd_units.stage1 import resolve_in_root
 
+    layers = [rootfs] if isinstance(rootfs, Path) else list(rootfs)
+    for layer in layers:
+        found = resolve_in_root(str(layer), path)
+        if os.path.lexists(found):
+            return found
+    return resolve_in_root(str(layers[0]), path)
+
+
+def _passwd(rootfs: Path | Sequence[Path], name: str) -> list[list[str]]:
+    from rktd_units.pods import read_regular
+
     try:  # a regular file only: an image's FIFO there must not hang stage0, nor a huge file fill memory
-        text = read_regular(Path(resolve_in_root(str(rootfs), f"/etc/{name}")), MAX_PASSWD)
+        text = read_regular(Path(_in_layers(rootfs, f"/etc/{name}")), MAX_PASSWD)
     except OSError:
         return []
     return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
@@ -338,7 +382,7 @@ def _passwd(rootfs: Path, name: str) -> list[list[str]]:
 MAX_PASSWD = 4 << 20  # bytes of an image's /etc/passwd or /etc/group worth reading
 
 
-def resolve_user(rootfs: Path, user: str) -> tuple[int, str]:
+def resolve_user(rootfs: Path | Sequence[Path], user: str) -> tuple[int, str]:
     """appc `user`: a number, a name in the image's /etc/passwd, or a path whose owner it is."""
     entries = _passwd(rootfs, "passwd")
     if user.isdigit():
@@ -346,22 +390,18 @@ def resolve_user(rootfs: Path, user: str) -> tuple[int, str]:
         home = next((e[5] for e in entries if len(e) > 5 and e[2] == user), "/root" if uid == 0 else "/")
         return uid, home
     if user.startswith("/"):
-        from rktd_units.stage1 import resolve_in_root
-
-        return os.stat(resolve_in_root(str(rootfs), user)).st_uid, "/"
+        return os.stat(_in_layers(rootfs, user)).st_uid, "/"
     for e in entries:
         if len(e) > 5 and e[0] == user and e[2].isdigit():
             return int(e[2]), e[5]
     raise PodError(f"user {user!r} not found in the image's /etc/passwd", hint="give a number")
 
 
-def resolve_group(rootfs: Path, group: str) -> int:
+def resolve_group(rootfs: Path | Sequence[Path], group: str) -> int:
     if group.isdigit():
         return int(group)
     if group.startswith("/"):
-        from rktd_units.stage1 import resolve_in_root
-
-        return os.stat(resolve_in_root(str(rootfs), group)).st_gid
+        return os.stat(_in_layers(rootfs, group)).st_gid
     for e in _passwd(rootfs, "group"):
         if len(e) > 2 and e[0] == group and e[2].isdigit():
             return int(e[2])
@@ -458,6 +498,20 @@ def _retain_from_image(r: Resolved, app: App, arg: ImageArg | None) -> bool:
     if own is not None and any(i.name == RETAIN_SET for i in own.isolators):
         return False
     return any(i.name == RETAIN_SET for i in app.isolators)  # the final app: then it is the image's
+
+
+_EXEC_ISOLATORS = ("os/linux/seccomp-", "os/linux/oom-", "os/linux/apparmor-", "os/linux/selinux-")
+
+
+def _exec_isolators(pod: Pod, app: App, name: str, opts: RunOptions) -> dict[str, Any]:
+    """seccomp, OOM score, AppArmor and SELinux (rktd_units/exec_isolators.py, imported only when a
+    pod has one of them): the app's own isolators override the pod's."""
+    values = {i.name: i.value for i in (*pod.isolators, *app.isolators)}
+    if not any(n.startswith(_EXEC_ISOLATORS) for n in values):
+        return {}
+    from rktd_units.exec_isolators import exec_isolators
+
+    return exec_isolators(values, name, no_seccomp="seccomp" in opts.insecure)
 
 
 def _isolators(pod: Pod, app: App, arg: ImageArg | None) -> dict[str, Any]:
@@ -630,11 +684,13 @@ def exec_prepared(pod_dir: PodDir, opts: RunOptions) -> NoReturn:
 
 
 def _hold_images(opts: RunOptions, cfg: dict[str, Any]) -> list[int]:
-    """Shared locks on the pod's images, inherited by stage1, so image gc leaves them alone."""
+    """Shared locks on the pod's images and their dependencies, inherited by stage1, so image gc
+    leaves them (and a rendering made of them) alone."""
     from rktd_units.store import Store
 
     store = Store(opts.data_dir)
-    return [store.hold(app["image_id"]) for app in cfg["apps"]]
+    ids = {i for app in cfg["apps"] for i in app.get("layer_ids") or (app["image_id"],)}
+    return [store.hold(i) for i in sorted(ids)]
 
 
 def _setup_network(pod_dir: PodDir, cfg: dict[str, Any], opts: RunOptions) -> None:
@@ -676,8 +732,6 @@ def _setup_network(pod_dir: PodDir, cfg: dict[str, Any], opts: RunOptions) -> No
 def _network_files(app: dict[str, Any], result: Any) -> None:
     """Mount the network's resolv.conf and hosts into an app, unless a volume covers the path; the
     fallback hosts file only where the image has none (rkt's order: flags, volume, image, fallback)."""
-    from rktd_units.stage1 import resolve_in_root
-
     taken = {m["target"] for m in app["mounts"]}
     for target, source, wanted in (
         ("/etc/resolv.conf", result.resolv_conf, True),
@@ -685,7 +739,9 @@ def _network_files(app: dict[str, Any], result: Any) -> None:
     ):
         if source is None or target in taken:
             continue
-        in_image = os.path.lexists(resolve_in_root(app["lower"], target))
+        in_image = os.path.lexists(
+            _in_layers([Path(p) for p in app.get("lowers") or [app["lower"]]], target)
+        )
         if not wanted and in_image:
             continue
         if app.get("read_only_rootfs") and not in_image:

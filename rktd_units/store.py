@@ -11,6 +11,9 @@ Layout under `root` (the `--dir`, default /var/lib/rktd):
         info.json                 import time, source, policy (`trusted`: a trusted key's signature
                                   was verified; plain names prefer such images), sizes
         last-used                 its mtime is when a pod last held the image
+    cas/rendered/<key>/           an image with a pathWhitelist, rendered over its dependencies once
+                                  (key: sha256 of the layer IDs) and shared by its pods; `layers`
+                                  lists those IDs and commits it; gc removes it with any of them
 
 An import streams the ACI into a staging directory (hash, checks, extraction, skeleton), syncs the
 filesystem, and renames the whole directory to `images/<id>` under the store lock: that rename is
@@ -60,6 +63,20 @@ CHUNK = 1 << 20
 INFO = "info.json"
 SKELETON = "skeleton"
 LAST_USED = "last-used"
+LAYERS = "layers"  # in cas/rendered/<key>/: the layer IDs a rendering was made of, bottom first
+
+
+class MissingDependency(ImageError):
+    """An image's dependency is not in the store: `dependency` says which (stage0 may fetch it)."""
+
+    def __init__(self, dependency: Dependency, of: str) -> None:
+        labels = sorted((lab.name, lab.value) for lab in dependency.labels)
+        self.wanted = ",".join([dependency.image_name, *(f"{k}={v}" for k, v in labels)])
+        super().__init__(
+            f"dependency {self.wanted} of {of} is not in the store", hint=f"rktd fetch {self.wanted}"
+        )
+        self.dependency = dependency
+        self.of = of
 
 
 @frozen
@@ -214,6 +231,7 @@ class Store:
         self.images_dir = self.cas / "images"
         self.tmp_dir = self.cas / "tmp"
         self.lock_path = self.cas / "lock"
+        self.rendered_dir = self.cas / "rendered"
 
     # --- locking and staging ------------------------------------------------------------------------
 
@@ -541,8 +559,10 @@ class Store:
 
     def _dependency(self, info: ImageInfo, dep: Dependency) -> ImageInfo:
         labels = {lab.name: lab.value for lab in dep.labels}
+        found: ImageInfo | None = None
         if dep.image_id:
-            found: ImageInfo | None = self.get(dep.image_id)
+            with contextlib.suppress(ImageError):  # not in the store: MissingDependency below
+                found = self.get(dep.image_id)
             if found is not None and found.name != dep.image_name:
                 raise ImageError(
                     f"dependency {dep.image_id[:39]} of {info.name} is {found.name}, not {dep.image_name}"
@@ -550,11 +570,41 @@ class Store:
         else:
             found = self.find(dep.image_name, labels)
         if found is None:
-            wanted = ",".join([dep.image_name, *(f"{k}={v}" for k, v in sorted(labels.items()))])
-            raise ImageError(
-                f"dependency {wanted} of {info.name} is not in the store", hint=f"rktd fetch {wanted}"
-            )
+            raise MissingDependency(dep, info.name)
         return found
+
+    def rendered(self, layers: builtins.list[ImageInfo]) -> Path:
+        """The rootfs of `layers` (bottom first, as `layers()` gives them) laid down into one tree
+        with the top image's pathWhitelist applied: rendered once into `cas/rendered/<key>`, keyed by
+        the layer IDs, and shared read-only by every pod of that set like an image's own rootfs."""
+        import hashlib
+
+        key = hashlib.sha256("\n".join(layer.id for layer in layers).encode()).hexdigest()
+        dest = self.rendered_dir / key
+        if not (dest / LAYERS).is_file():
+            with self._lock():  # one renderer; gc (which removes stale renderings) waits
+                if not (dest / LAYERS).is_file():
+                    self.rendered_dir.mkdir(mode=0o700, exist_ok=True)
+                    self.render(layers[-1].id, dest, overwrite=True)
+                    write = dest / f".{LAYERS}.tmp"
+                    write.write_text("".join(f"{layer.id}\n" for layer in layers))
+                    os.rename(write, dest / LAYERS)  # the commit point: a rendering without it is stale
+        return dest / "rootfs"
+
+    def _clean_rendered(self) -> None:
+        """Under the store lock: remove renderings any of whose layers is gone (or never finished)."""
+        try:
+            keys = sorted(os.listdir(self.rendered_dir))
+        except FileNotFoundError:
+            return
+        present = set(self._ids())
+        for key in keys:
+            try:
+                ids = (self.rendered_dir / key / LAYERS).read_text().split()
+            except OSError:
+                ids = []
+            if not ids or not set(ids) <= present:
+                _rmtree(self.rendered_dir / key)
 
     # --- use, removal, gc ---------------------------------------------------------------------------
 
@@ -627,6 +677,8 @@ class Store:
                 _log().info("gc: keeping %s: %s", info.id, e)
                 continue
             removed.append(info.id)
+        with self._lock():
+            self._clean_rendered()
         return removed
 
     # --- export and extraction ----------------------------------------------------------------------

@@ -26,6 +26,7 @@ RUNTIME_DEPENDS = (
     "sqv",
     "systemd-container",
     "containernetworking-plugins",
+    "libseccomp2",  # dlopened by stage1 for seccomp isolators
 )
 
 pytestmark = pytest.mark.slow

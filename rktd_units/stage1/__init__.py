@@ -2,11 +2,11 @@
 host-side setup they share.
 
 stage0 calls `exec_stage1()` in its own process: the flavour enters a private mount namespace,
-mounts each app's rootfs (overlayfs over the store's read-only tree, upper and work directories in
-the pod directory; or a read-only bind for `readOnlyRootFS`) and its volumes, then `exec`s
-systemd-nspawn (nspawn) or the app itself (fly). Every mount lives in that namespace only, so
-when the pod's last process ends the kernel drops them all: nothing is left to unmount, even
-after SIGKILL.
+mounts each app's rootfs (overlayfs over the store's read-only trees, the image's over its
+dependencies', upper and work directories in the pod directory; or, for `readOnlyRootFS`, a
+read-only bind, or an overlay of the layers alone) and its volumes, then `exec`s systemd-nspawn
+(nspawn) or the app itself (fly). Every mount lives in that namespace only, so when the pod's last
+process ends the kernel drops them all: nothing is left to unmount, even after SIGKILL.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from rktd_units.errors import PodError
-from rktd_units.stage1.init import bind, ensure_mountpoint, in_root, mount
+from rktd_units.stage1.init import MS_RDONLY, bind, ensure_mountpoint, in_root, mount
 
 TYPE_CHECKING = False  # typing is imported only for the type checker: it is on every pod start
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 FLAVOURS = {"nspawn": "rktd_units.stage1.nspawn", "fly": "rktd_units.stage1.fly"}
 STAGE2 = "opt/stage2"
+MAX_LOWERDIR = 3500  # the kernel takes a page of overlayfs options; the upper and work dirs need the rest
 
 
 def exec_stage1(pod_path: Path, cfg: dict[str, Any]) -> NoReturn:
@@ -53,15 +54,24 @@ def resolve_in_root(root: str, path: str) -> str:
 
 def mount_app(pod_path: Path, app: dict[str, Any], target: str) -> None:
     """Mount one app's rootfs at `target` and its volumes inside it."""
-    lower = app["lower"]
+    lowers = app.get("lowers") or [app["lower"]]  # top first: an image over its dependencies
+    lowerdir = ":".join(lowers)
+    if len(lowerdir) > MAX_LOWERDIR:
+        raise PodError(
+            f"app {app['name']}: its image and dependencies are {len(lowers)} layers, too many to stack",
+            hint="flatten some of them into one image",
+        )
     if app.get("read_only_rootfs"):
-        bind(lower, target, read_only=True, recursive=False)
+        if len(lowers) == 1:
+            bind(lowers[0], target, read_only=True, recursive=False)
+        else:  # an overlay with no upper directory is read-only; MS_RDONLY says so to the VFS too
+            mount("overlay", target, "overlay", MS_RDONLY, f"lowerdir={lowerdir}")
     else:
         base = pod_path / "overlay" / app["name"]
         upper, work = base / "upper", base / "work"
         upper.mkdir(parents=True, exist_ok=True)
         work.mkdir(parents=True, exist_ok=True)
-        mount("overlay", target, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work}")
+        mount("overlay", target, "overlay", 0, f"lowerdir={lowerdir},upperdir={upper},workdir={work}")
     for m in app.get("mounts", []):
         source = os.path.join(pod_path, m["source"])  # relative sources are inside the pod directory
         dst = resolve_in_root(target, m["target"])

@@ -79,7 +79,17 @@ def exec_pod(pod_path: Path, cfg: dict[str, Any]) -> NoReturn:
     sd_notify(b"READY=1")  # for a Type=notify unit: the app is about to start (no init to say so later)
     _reset_signals()
     # fly is for host tools: without a retain set the app keeps every capability (rkt fly did too)
-    become(
-        app, str(rootfs), app["exec"], dict(app["env"]), fds=fds, cgroup_dirs=cgroup_dirs, default_caps=None
-    )
+    try:
+        become(
+            app,
+            str(rootfs),
+            app["exec"],
+            dict(app["env"]),
+            fds=fds,
+            cgroup_dirs=cgroup_dirs,
+            default_caps=None,
+        )
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        raise PodError(f"app {app['name']}: {e.strerror or e}{where}") from None
     raise AssertionError("exec returned")

@@ -6,12 +6,14 @@ pod directory and nspawn runs it as `python3 -I -S /rktd/init.pyc`. It reads `/r
 (`/opt/stage2/<app>/rootfs`, already mounted by stage1), runs pre-start handlers, forks the
 app with its rootfs as the root of a mount namespace of its own (pivot_root), its environment,
 user, groups, working directory, cgroup, capabilities (bounding, inheritable, permitted and
-effective sets; the default set of container runtimes unless the pod says otherwise) and
-no-new-privileges, and relays its stdout/stderr line by line to
-journald's native socket (or, without journald, to its own stdout/stderr as `app[NAME]: line`).
-It reaps every process, sends READY=1 to $NOTIFY_SOCKET once the apps are started (or once every
-app that supports sd_notify said READY=1), and ends when all apps ended, or as soon as one
-failed (SIGTERM to the others, the stop timeout, SIGKILL); its exit status is the failing app's.
+effective sets; the default set of container runtimes unless the pod says otherwise),
+no-new-privileges, OOM score, AppArmor/SELinux exec label and, last before exec, its seccomp
+filter (libseccomp through ctypes, loaded only for an app that has one), and relays its
+stdout/stderr line by line to journald's native socket (or, without journald, to its own
+stdout/stderr as `app[NAME]: line`). It reaps every process, sends READY=1 to $NOTIFY_SOCKET
+once the apps are started (or once every app that supports sd_notify said READY=1), and ends
+when all apps ended, or as soon as one failed (SIGTERM to the others, the stop timeout, SIGKILL);
+its exit status is the failing app's.
 """
 
 from __future__ import annotations
@@ -176,6 +178,75 @@ def drop_caps(keep: set[int]) -> None:
     _capset(eff & mask, perm & mask, inh & mask)
 
 
+# -- isolators applied just before exec: LSM labels, OOM score, seccomp --------------------------------
+
+SCMP_ACT_KILL_PROCESS = 0x80000000
+SCMP_ACT_ALLOW = 0x7FFF0000
+SCMP_ACT_ERRNO = 0x00050000
+SECCOMP_LIBRARY = "libseccomp.so.2"  # Debian's libseccomp2 (systemd depends on it)
+
+
+def seccomp_library() -> Any:
+    import ctypes
+
+    lib = ctypes.CDLL(SECCOMP_LIBRARY, use_errno=True)
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_syscall_resolve_name.restype = ctypes.c_int
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def seccomp_filter(seccomp: dict[str, Any]) -> tuple[Any, Any]:
+    """Build (not load) the app's filter: `mode` "remove" allows all but `set` (which fail with
+    `errno`), "retain" allows only `set` (the rest fail with `errno`, or kill the process without
+    one). Built while the host's libraries are still reachable (before the app's root), loaded by
+    `seccomp_load` just before exec. Returns (library, filter context)."""
+    lib = seccomp_library()
+    number = seccomp["errno"]
+    fail_action = SCMP_ACT_ERRNO | (number & 0xFFFF) if number is not None else SCMP_ACT_KILL_PROCESS
+    retain = seccomp["mode"] == "retain"
+    ctx = lib.seccomp_init(fail_action if retain else SCMP_ACT_ALLOW)
+    if not ctx:
+        raise OSError(errno.EINVAL, "seccomp_init failed")
+    names = list(seccomp["set"]) + (["execve"] if retain else [])  # the exec itself must pass
+    for name in names:
+        nr = lib.seccomp_syscall_resolve_name(name.encode())
+        if nr < 0:
+            raise OSError(errno.EINVAL, f"seccomp: unknown system call {name!r}")
+        ret = lib.seccomp_rule_add(ctx, SCMP_ACT_ALLOW if retain else fail_action, nr, 0)
+        if ret < 0 and ret != -errno.EEXIST:
+            raise OSError(-ret, f"seccomp rule for {name}: {os.strerror(-ret)}")
+    return lib, ctx
+
+
+def seccomp_load(lib: Any, ctx: Any) -> None:
+    ret = lib.seccomp_load(ctx)
+    if ret < 0:
+        raise OSError(-ret, f"seccomp_load: {os.strerror(-ret)}")
+
+
+def set_exec_labels(spec: dict[str, Any]) -> None:
+    """The app's AppArmor profile or SELinux context, taking effect at its exec (stage0 checked
+    that the LSM is enabled), and its OOM score adjustment."""
+    profile = spec.get("apparmor_profile")
+    if profile:
+        path = "/proc/self/attr/apparmor/exec"
+        _write(path if os.path.exists(path) else "/proc/self/attr/exec", f"exec {profile}")
+    context = spec.get("selinux_context")
+    if context:
+        _write("/proc/self/attr/exec", context)
+    oom = spec.get("oom_score_adj")
+    if oom is not None:
+        try:
+            _write("/proc/self/oom_score_adj", str(oom))
+        except OSError as e:
+            why = " (lowering it needs CAP_SYS_RESOURCE)" if e.errno in (errno.EACCES, errno.EPERM) else ""
+            raise OSError(e.errno, f"os/linux/oom-score-adj {oom}: {e.strerror}{why}") from None
+
+
 def in_root(root: str, path: str) -> str:
     """`path` inside `root` with symlinks resolved as if `root` were `/`: an image's symlink never
     points a mount target (its /proc, /dev, a volume's path) outside the image."""
@@ -267,6 +338,9 @@ def become(
         names = spec.get("listen_fd_names")
         if names:
             env["LISTEN_FDNAMES"] = ":".join(names)
+    set_exec_labels(spec)
+    seccomp = spec.get("seccomp")
+    filt = seccomp_filter(seccomp) if seccomp else None
     if pivot:
         enter_root(rootfs)
     else:
@@ -274,12 +348,14 @@ def become(
     os.chdir(spec.get("workdir") or "/")
     keep = app_caps(spec.get("caps_retain"), spec.get("caps_remove", []), default_caps)
     restrict_caps(keep)
-    if spec.get("no_new_privs"):
+    if spec.get("no_new_privs") or filt is not None:  # a filter needs it without CAP_SYS_ADMIN
         prctl(PR_SET_NO_NEW_PRIVS, 1)
     os.setgroups(spec.get("gids", []))
     os.setgid(spec["gid"])
     os.setuid(spec["uid"])
     drop_caps(keep)
+    if filt is not None:
+        seccomp_load(*filt)
     os.execvpe(argv[0], argv, env)
 
 

@@ -38,6 +38,7 @@ PACKAGES = (
     "dbus",
     "iproute2",
     "iptables",
+    "libseccomp2",  # stage1 loads seccomp isolators through it (ctypes)
     "procps",
     "python3",
     "python3-cffi-backend",  # debootstrap cannot resolve the virtual python3-cffi-backend-api-*
