@@ -33,6 +33,7 @@ from typing import Any
 from rktd_units import cni, netspec
 from rktd_units.cni import Dns, Interface, NetConf, PluginError
 from rktd_units.errors import CommandError, NetworkError, UsageError
+from rktd_units.fsutil import write_atomic
 from rktd_units.run import run
 
 log = logging.getLogger("rktd")
@@ -189,12 +190,7 @@ def _state_path(pod_dir: Path) -> Path:
 def _write_state(pod_dir: Path, state: dict[str, Any]) -> None:
     path = _state_path(pod_dir)
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(state, indent=1, sort_keys=True).encode())
 
 
 def _read_state(pod_dir: Path) -> dict[str, Any] | None:
@@ -441,10 +437,7 @@ def _hosts_text(dns: DnsOptions, hostname: str | None, address: str) -> tuple[st
 
 
 def _write_file(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode(), 0o644, durable=False)
     return path
 
 

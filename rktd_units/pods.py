@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rktd_units.errors import PodError
+from rktd_units.fsutil import write_atomic
 
 TYPE_CHECKING = False  # typing is imported only for the type checker: it is on every pod start
 if TYPE_CHECKING:
@@ -273,20 +274,6 @@ def read_regular(path: Path, limit: int) -> str:
         return data.decode(errors="replace")
     finally:
         os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
-    """Write to a temporary name in the same directory, fsync (unless `durable` is false: files of a
-    pod that is about to run die with it on a crash, and fsync is slow on a busy disk), rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, data)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
 
 
 def new_uuid() -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from rktd_units.errors import ImageError, PodError, UsageError
 from rktd_units.frozen import field, frozen, replace
+from rktd_units.fsutil import write_atomic
 from rktd_units.model import (
     App,
     ImageManifest,
@@ -31,7 +32,7 @@ from rktd_units.model import (
     Volume,
     VolumeKind,
 )
-from rktd_units.pods import MANIFEST, STAGE1_CONFIG, PodDir, Pods, State, write_atomic
+from rktd_units.pods import MANIFEST, STAGE1_CONFIG, PodDir, Pods, State
 
 TYPE_CHECKING = False  # typing is imported only for the type checker: it is on every pod start
 if TYPE_CHECKING:

@@ -20,12 +20,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from rktd_units.errors import TrustError
+from rktd_units.fsutil import write_atomic
 from rktd_units.names import AC_IDENTIFIER_RE
 from rktd_units.run import run
 
@@ -219,17 +219,7 @@ class KeyStore:
         directory = self.local / rel
         directory.mkdir(parents=True, exist_ok=True, mode=0o755)
         dest = directory / key.fingerprint
-        fd, tmp = tempfile.mkstemp(prefix=".key-", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(key.data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(dest, key.data, 0o644)
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dfd)

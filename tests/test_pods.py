@@ -141,13 +141,6 @@ def test_gc_removes_leftover_cgroups(tmp_path: Path) -> None:
     assert not fake.exists()
 
 
-def test_write_atomic_leaves_no_temporary(tmp_path: Path) -> None:
-    pods.write_atomic(tmp_path / "f", b"one")
-    pods.write_atomic(tmp_path / "f", b"two")
-    assert (tmp_path / "f").read_bytes() == b"two"
-    assert os.listdir(tmp_path) == ["f"]
-
-
 def test_pod_dir_compares_and_shows_as_the_dataclass_it_was(tmp_path: Path) -> None:
     a = pods.PodDir(tmp_path, "u", pods.State.RUN)
     assert a == pods.PodDir(tmp_path, "u", pods.State.RUN) != pods.PodDir(tmp_path, "u", pods.State.RUN, 3)
