@@ -8,13 +8,11 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.test_stage1_nspawn import IMG, Rktd, busybox_aci, needs_root, rktd
+from tests.test_stage1_nspawn import IMG, Rktd, busybox_aci, needs_root, rktd, socket_activated
 
 __all__ = ["busybox_aci", "rktd"]
 pytestmark = [needs_root, pytest.mark.slow]
@@ -106,23 +104,7 @@ def test_fly_socket_activation(rktd: Rktd, tmp_path: Path) -> None:
     }
     path = tmp_path / "web.json"
     path.write_text(json.dumps(manifest))
-    proc = subprocess.Popen(
-        ["systemd-socket-activate", f"--listen=127.0.0.1:{port}",
-         *rktd.argv("run", "--stage1=fly", f"--pod-manifest={path}")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=rktd.env(),
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
+    out, err = socket_activated(rktd, port, [], "run", "--stage1=fly", f"--pod-manifest={path}")
     assert out == "1 own-pid\n", out + err
 
 

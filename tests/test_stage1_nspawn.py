@@ -140,6 +140,27 @@ pytestmark = [needs_root, pytest.mark.slow]
 IMG = "example.com/busybox"
 
 
+def socket_activated(rktd: Rktd, port: int, listen: list[str], *args: str) -> tuple[str, str]:
+    """`rktd ARGS` behind `systemd-socket-activate --listen=127.0.0.1:PORT LISTEN…`: connect once (which
+    starts the pod), then wait for it to end; its stdout and stderr."""
+    proc = subprocess.Popen(
+        ["systemd-socket-activate", f"--listen=127.0.0.1:{port}", *listen, *rktd.argv(*args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=rktd.env(),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        return proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+
+
 def run_sh(rktd: Rktd, flavour: str, script: str, *pre: str, app: tuple[str, ...] = ()) -> Any:
     net = ("--net=host",) if flavour == "nspawn" else ()
     return rktd("run", f"--stage1={flavour}", *net, *pre, IMG, *app, "--exec=/bin/sh", "--", "-c", script)
@@ -542,23 +563,7 @@ def test_socket_activation(rktd: Rktd, tmp_path: Path) -> None:
     }
     path = tmp_path / "web.json"
     path.write_text(json.dumps(manifest))
-    proc = subprocess.Popen(
-        ["systemd-socket-activate", f"--listen=127.0.0.1:{port}", "--fdname=http",
-         *rktd.argv("run", "--net=host", f"--pod-manifest={path}")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=rktd.env(),
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
+    out, err = socket_activated(rktd, port, ["--fdname=http"], "run", "--net=host", f"--pod-manifest={path}")
     assert "app[web]: fds=1 pidok=yes names=http" in out, out + err
     assert "socket:[" in out
     assert "app[idle]: idle" in out and "idle 1" not in out  # only the declaring app gets the fd

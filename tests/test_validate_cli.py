@@ -19,7 +19,7 @@ LINE = re.compile(r"^/\S+: (\S+: )?\S.*$")  # PATH: [field: ]message (hint)
 
 
 def rktd(*args: str, pods_path: list[Path] | None = None) -> subprocess.CompletedProcess[str]:
-    argv = [str(RKTD)] if RKTD.exists() else [sys.executable, "-m", "rktd_units.cli"]
+    argv = [str(RKTD)] if RKTD.exists() else [sys.executable, "-m", "rktd_units"]
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
     if pods_path is not None:
         env["RKTD_PODS_PATH"] = ":".join(str(p) for p in pods_path)
