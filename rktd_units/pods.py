@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rktd_units.errors import PodError
-from rktd_units.fsutil import write_atomic
+from rktd_units.fsutil import rmtree, write_atomic
 
 TYPE_CHECKING = False  # typing is imported only for the type checker: it is on every pod start
 if TYPE_CHECKING:
@@ -401,58 +401,9 @@ def remove(pod: PodDir) -> None:
     pod.lock()
     try:
         release_resources(pod)
-        remove_tree(pod.path)
+        rmtree(pod.path)
     finally:
         pod.unlock()
-
-
-def remove_tree(top: Path) -> None:
-    """rm -rf without recursion (an app can nest directories deeper than Python's recursion limit,
-    and paths longer than PATH_MAX): by directory fds, never following a symlink, with at most
-    `_MAX_OPEN` directories open; a deeper directory is first renamed up into `top` itself."""
-    top_fd = os.open(top, _DIR_FLAGS)
-    try:
-        pending: list[str | None] = [None]  # None: `top` itself; else a directory moved up into it
-        serial = 0
-        while pending:
-            first = pending.pop()
-            fd = os.dup(top_fd) if first is None else os.open(first, _DIR_FLAGS, dir_fd=top_fd)
-            stack = [(fd, first, top_fd, _unlink_files(fd))]
-            while stack:
-                fd, name, parent, subdirs = stack[-1]
-                if not subdirs:
-                    stack.pop()
-                    os.close(fd)
-                    if name is not None:
-                        os.rmdir(name, dir_fd=parent)
-                elif len(stack) >= _MAX_OPEN:
-                    serial += 1
-                    moved = f".rktd-deep-{os.getpid()}-{serial}"
-                    os.rename(subdirs.pop(), moved, src_dir_fd=fd, dst_dir_fd=top_fd)
-                    pending.append(moved)
-                else:
-                    sub = subdirs.pop()
-                    child = os.open(sub, _DIR_FLAGS, dir_fd=fd)
-                    stack.append((child, sub, fd, _unlink_files(child)))
-    finally:
-        os.close(top_fd)
-    os.rmdir(top)
-
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_MAX_OPEN = 64
-
-
-def _unlink_files(fd: int) -> list[str]:
-    """Unlink everything but the subdirectories in the directory open at `fd`; return those."""
-    subdirs = []
-    with os.scandir(fd) as it:
-        for entry in it:
-            if entry.is_dir(follow_symlinks=False):
-                subdirs.append(entry.name)
-            else:
-                os.unlink(entry.name, dir_fd=fd)
-    return subdirs
 
 
 def release_resources(pod: PodDir) -> None:
