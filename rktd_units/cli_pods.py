@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -23,6 +23,9 @@ from rktd_units.cli import parse_images as parse_images
 from rktd_units.cli import parse_mount as parse_mount
 from rktd_units.cli import parse_volume as parse_volume
 from rktd_units.errors import PodError, UsageError
+
+if TYPE_CHECKING:
+    from rktd_units.pods import PodDir
 
 # -- run, prepare, run-prepared ---------------------------------------------------------------------
 
@@ -89,6 +92,24 @@ def _pods(ctx: click.Context) -> Any:
     from rktd_units.pods import Pods
 
     return Pods(globals_of(ctx).dir)
+
+
+def _each_pod(
+    ctx: click.Context, pods: tuple[str, ...], uuid_file: str | None, act: Callable[[PodDir], None]
+) -> None:
+    """`act` on every pod named (its UUID printed when done); each failure reported on one line, the
+    others still done; exit 254 at the end if any failed."""
+    failed = 0
+    for ref in _refs(ctx, pods, uuid_file):
+        try:
+            pod_dir = _pods(ctx).find(ref)
+            act(pod_dir)
+            click.echo(pod_dir.uuid)
+        except PodError as e:
+            click.echo(f"rktd: {e}", err=True)
+            failed += 1
+    if failed:
+        sys.exit(254)
 
 
 def _when(ts: float | None) -> str:
@@ -235,17 +256,7 @@ def stop(
     ctx: click.Context, force: bool, timeout: float | None, uuid_file: str | None, pods: tuple[str, ...]
 ) -> None:
     """Stop running pods and wait until they are gone."""
-    failed = 0
-    for ref in _refs(ctx, pods, uuid_file):
-        try:
-            pod_dir = _pods(ctx).find(ref)
-            stop_pod(pod_dir, force=force, timeout=timeout)
-            click.echo(pod_dir.uuid)
-        except PodError as e:
-            click.echo(f"rktd: {e}", err=True)
-            failed += 1
-    if failed:
-        sys.exit(254)
+    _each_pod(ctx, pods, uuid_file, lambda pod_dir: stop_pod(pod_dir, force=force, timeout=timeout))
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -311,16 +322,9 @@ def rm(ctx: click.Context, uuid_file: str | None, pods: tuple[str, ...]) -> None
     """Remove pods that are not running (with their network, cgroups and files)."""
     from rktd_units.pods import remove
 
-    failed = 0
-    for ref in _refs(ctx, pods, uuid_file):
-        try:
-            pod_dir = _pods(ctx).find(ref)
-            if pod_dir.is_locked():
-                raise PodError(f"pod {pod_dir.uuid} is running or being prepared", hint="rktd stop it first")
-            remove(pod_dir)
-            click.echo(pod_dir.uuid)
-        except PodError as e:
-            click.echo(f"rktd: {e}", err=True)
-            failed += 1
-    if failed:
-        sys.exit(254)
+    def remove_stopped(pod_dir: PodDir) -> None:
+        if pod_dir.is_locked():
+            raise PodError(f"pod {pod_dir.uuid} is running or being prepared", hint="rktd stop it first")
+        remove(pod_dir)
+
+    _each_pod(ctx, pods, uuid_file, remove_stopped)

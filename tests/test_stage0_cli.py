@@ -153,6 +153,16 @@ def test_uuid_file_and_app_names(rktd: Rktd, tmp_path: Path) -> None:
     assert not (rktd.dir / "pods" / "prepared" / uuid).exists()
 
 
+@needs_root
+def test_rm_of_several_pods_reports_each_failure_and_goes_on(rktd: Rktd) -> None:
+    uuids = [rktd("prepare", "--net=host", IMG).stdout.strip() for _ in range(2)]
+    proc = rktd("rm", uuids[0], "no-such-pod", uuids[1])
+    assert proc.returncode == 254
+    assert proc.stdout.split() == uuids  # both removed, in order, despite the bad name between them
+    assert len(proc.stderr.splitlines()) == 1 and "no-such-pod" in proc.stderr
+    assert json.loads(rktd("list", "--format=json").stdout) == []
+
+
 def test_run_path_imports_stay_lean(tmp_path: Path) -> None:
     """`rktd run` is on every pod start: it must not import the fetcher, networking, jinja2 or yaml."""
     proc = subprocess.run(
