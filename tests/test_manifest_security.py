@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from rktd_units import annotations, formats, generator, netspec, podpath, units
 from rktd_units.errors import ManifestError, PodError, UsageError
 from rktd_units.model import ManifestFormat, PodFile
+from tests.helpers.manifests import pod_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 NOBODY = 65534
@@ -39,13 +40,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user
 
 
 def manifest(exec_: str = "/bin/web", image: str = "example.com/absent") -> str:
-    app = {"exec": [exec_], "user": "0", "group": "0"}
-    doc = {
-        "acKind": "PodManifest",
-        "acVersion": "0.8.11",
-        "apps": [{"name": "web", "image": {"name": image}, "app": app}],
-    }
-    return json.dumps(doc) + "\n"
+    return pod_manifest(exec_, app="web", image=image)
 
 
 def mkdir(path: Path, mode: int = 0o755, owner: int = 0) -> Path:

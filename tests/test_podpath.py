@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -11,23 +10,11 @@ import pytest
 from rktd_units import podpath
 from rktd_units.errors import ManifestError, PodError
 from rktd_units.model import ManifestFormat
+from tests.helpers.manifests import pod_manifest
 
 
 def manifest(exec_: str = "/bin/true", annotations: dict[str, str] | None = None) -> str:
-    doc: dict[str, object] = {
-        "acKind": "PodManifest",
-        "acVersion": "0.8.11",
-        "apps": [
-            {
-                "name": "main",
-                "image": {"name": "example.com/busybox"},
-                "app": {"exec": [exec_], "user": "0", "group": "0"},
-            }
-        ],
-    }
-    if annotations:
-        doc["annotations"] = [{"name": k, "value": v} for k, v in annotations.items()]
-    return json.dumps(doc)
+    return pod_manifest(exec_, annotations)
 
 
 def write(path: Path, text: str, mode: int = 0o644) -> Path:

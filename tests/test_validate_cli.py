@@ -13,6 +13,7 @@ import pytest
 
 from rktd_units.formats import appc
 from tests.conftest import ROOT
+from tests.helpers.manifests import pod_manifest
 
 RKTD = Path(sys.executable).parent / "rktd"
 LINE = re.compile(r"^/\S+: (\S+: )?\S.*$")  # PATH: [field: ]message (hint)
@@ -27,20 +28,7 @@ def rktd(*args: str, pods_path: list[Path] | None = None) -> subprocess.Complete
 
 
 def pod(exec_: str, annotations: dict[str, str] | None = None) -> str:
-    doc: dict[str, object] = {
-        "acVersion": "0.8.11",
-        "acKind": "PodManifest",
-        "apps": [
-            {
-                "name": "main",
-                "image": {"name": "example.com/busybox"},
-                "app": {"exec": [exec_], "user": "0", "group": "0"},
-            }
-        ],
-    }
-    if annotations:
-        doc["annotations"] = [{"name": k, "value": v} for k, v in annotations.items()]
-    return json.dumps(doc)
+    return pod_manifest(exec_, annotations)
 
 
 def put(path: Path, text: str, mode: int = 0o644) -> Path:
