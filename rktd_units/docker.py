@@ -54,10 +54,10 @@ _INDEXES = (MT_DOCKER_LIST, MT_OCI_INDEX)
 _INVALID_ID_CHARS = re.compile(r"[^a-z0-9\-._~/]")
 _ID_EDGES = re.compile(r"(^[-._~/]+)|([-._~/]+$)")
 _INVALID_NAME_CHARS = re.compile(r"[^a-z0-9]+")
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
-_REPO = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z")
+_REPO = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*\Z")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 # docker GOARCH -> appc arch
 _ARCH = {"amd64": "amd64", "386": "i386", "arm64": "aarch64", "ppc64le": "ppc64le", "s390x": "s390x"}
 _ANNOTATION_PREFIX = "appc.io/docker/"

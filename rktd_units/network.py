@@ -43,8 +43,8 @@ NETNS_PREFIX = "rktd-"
 DEFAULT_DATA_DIR = Path("/var/lib/rktd/networks")
 STATE_VERSION = 1
 _OWN_FILES = ("resolv.conf", "hosts", "state.json")
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?$")
-_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?\Z")
+_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 
 
 class NetKind(enum.StrEnum):
@@ -129,10 +129,18 @@ class NetResult:
 
 
 def _check_ip(text: str, what: str) -> str:
+    """The address in canonical form. An IPv6 scope (`fe80::1%eth0`) must be an interface name:
+    `ipaddress` takes any text after the `%`, a newline included, which would reach resolv.conf."""
     try:
-        return str(ipaddress.ip_address(text))
+        address = ipaddress.ip_address(text)
     except ValueError:
         raise UsageError(f"{what}: {text!r} is not an IP address") from None
+    scope = getattr(address, "scope_id", None)
+    if scope is not None and not (
+        0 < len(scope) <= 15 and all(c.isascii() and (c.isalnum() or c in "_.-") for c in scope)
+    ):
+        raise UsageError(f"{what}: {text!r}: the scope after % must be an interface name")
+    return str(address)
 
 
 def _parse_hosts_entry(entry: str) -> tuple[str, str]:
