@@ -22,7 +22,7 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rktd_units import __version__, annotations
+from rktd_units import __version__, annotations, seccomp_groups
 from rktd_units.cli import cli
 
 MANUAL = "rktd-units"
@@ -272,6 +272,30 @@ spec:
       command: ["/bin/sh", "-c", "echo hello; sleep 3600"]"""
 
 
+def seccomp_section() -> list[str]:
+    """The seccomp isolators' set syntax, with the syscall groups from rktd_units/seccomp_groups.py."""
+    out = section("seccomp isolators")
+    out += text(
+        'An app\'s "os/linux/seccomp-remove-set" blocks the system calls of its "set" (each fails with '
+        '"errno", EPERM by default); "os/linux/seccomp-retain-set" blocks all others (they fail with '
+        '"errno", or kill the app with SIGSYS without one). An entry is a system call name, a group, or '
+        'either negated with a leading "-" (a rktd extension): the set is the union of the plain entries '
+        'less the negated ones, in any order, so ["@docker/default-whitelist", "-mkdir"] retains that '
+        "group but mkdir. A name this host's libseccomp does not know is an error, but is skipped inside "
+        "a group (groups list the calls of every architecture). The groups are:",
+    )
+    out += [".PP", ", ".join(bold(g) for g in seccomp_groups.KNOWN) + "."]
+    out += text(
+        '"@appc.io/all" in a retain set, or "@appc.io/empty" in a remove set, means no filter of the '
+        'app\'s own (the appc spec: it masks the rest of the set); a remove set of "@appc.io/all" less '
+        "some calls retains just those. The @rkt/ and @docker/ groups are rkt's lists (Docker 1.12's "
+        "default profile), the @systemd/ groups systemd 252's (@systemd/default-whitelist is systemd's "
+        '@default). The nspawn stage1 also keeps systemd-nspawn\'s own filter; "--insecure-options=seccomp" '
+        "drops both.",
+    )
+    return out
+
+
 def page_pod(version: str) -> list[str]:
     out = header("rktd.pod", "5", version)
     out += [*section("name"), "rktd.pod \\- pod manifests run by rktd\\-units as pod@NAME.service"]
@@ -316,6 +340,7 @@ def page_pod(version: str) -> list[str]:
             'be exported back as Pod YAML with "rktd export-kube".',
         ],
     )
+    out += seccomp_section()
     out += section("annotations")
     out += text(
         'Annotations whose name starts with "rktd/" configure the pod\'s units; an unknown rktd/ '

@@ -265,7 +265,8 @@ def stop(
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def enter(ctx: click.Context, app: str | None, pod: str, command: tuple[str, ...]) -> NoReturn:
-    """Run a command (default /bin/sh) in a running pod's app, as the app: its user, capabilities, cgroup."""
+    """Run a command (default /bin/sh) in a running pod's app, as the app: its user, capabilities,
+    cgroup, seccomp filter."""
     pod_dir = _pods(ctx).find(pod)
     cfg = pod_dir.config()
     names = [a["name"] for a in cfg.get("apps", [])]

@@ -1,5 +1,6 @@
 """The isolators an app applies just before its exec, in real pods of both flavours: seccomp
-remove and retain sets (libseccomp through ctypes), `--insecure-options=seccomp`, oom-score-adj,
+remove and retain sets (libseccomp through ctypes), with syscall groups and negated entries,
+`--insecure-options=seccomp`, oom-score-adj,
 and stage0's refusal of AppArmor/SELinux labels on a host without that LSM."""
 
 from __future__ import annotations
@@ -105,13 +106,86 @@ def test_oom_score_adj(rktd: Rktd, tmp_path: Path, flavour: str) -> None:
 
 @needs_root
 @pytest.mark.slow
-def test_unsupported_seccomp_group_is_refused(rktd: Rktd, tmp_path: Path) -> None:
-    iso = [{"name": "os/linux/seccomp-retain-set", "value": {"set": ["@rkt/default-whitelist"]}}]
-    proc = _run(rktd, tmp_path, "fly", iso, ["/bin/echo", "ran"])
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_unknown_seccomp_group_is_refused(rktd: Rktd, tmp_path: Path, flavour: str) -> None:
+    iso = [
+        {"name": "os/linux/seccomp-retain-set", "value": {"set": ["@rkt/default-whitelist", "@rkt/nope"]}}
+    ]
+    proc = _run(rktd, tmp_path, flavour, iso, ["/bin/echo", "ran"])
     assert proc.returncode == 254
     assert "ran" not in proc.stdout
     error = proc.stderr.strip().splitlines()[-1]
-    assert "app iso" in error and "seccomp-retain-set" in error and "@rkt/default-whitelist" in error
+    assert "app iso: isolator os/linux/seccomp-retain-set: unknown syscall group @rkt/nope" in error
+    assert "known groups: @appc.io/all, @appc.io/empty, @docker/default-blacklist" in error
+    states = [pod["state"] for pod in json.loads(rktd("list", "--format=json").stdout)]
+    assert states in ([], ["garbage"]), states  # nothing prepared or run
+
+
+# -- syscall groups and negated entries in real pods ------------------------------------------------
+
+# busybox's unshare applet calls unshare(2): in both rkt/docker groups' blacklist, not in their whitelist;
+# its mount applet calls mount(2), in the blacklist too. EXDEV is an errno neither call returns by
+# itself here, so seeing it proves the filter (nspawn's own filter and caps would give EPERM).
+UNSHARE_MOUNT = [
+    "/bin/sh",
+    "-c",
+    "echo ran; unshare -u true; echo unshare=$?; mount -t tmpfs none /tmp; echo mount=$?",
+]
+EXDEV = "Invalid cross-device link"
+
+
+def _group(name: str) -> tuple[str, ...]:
+    from rktd_units.seccomp_groups import GROUPS
+
+    return GROUPS[name]
+
+
+@needs_root
+@pytest.mark.slow
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_seccomp_retain_docker_default_whitelist(rktd: Rktd, tmp_path: Path, flavour: str) -> None:
+    assert "unshare" not in _group("@docker/default-whitelist")
+    iso = [
+        {
+            "name": "os/linux/seccomp-retain-set",
+            "value": {"set": ["@docker/default-whitelist"], "errno": "EXDEV"},
+        }
+    ]
+    proc = _run(rktd, tmp_path, flavour, iso, UNSHARE_MOUNT)
+    assert proc.returncode == 0, proc.stderr
+    lines = _lines(proc, flavour)
+    assert lines[0] == "ran" and "unshare=1" in lines and "mount=255" in lines, lines
+    assert any(line.startswith("unshare:") and EXDEV in line for line in lines), lines
+    assert any(line.startswith("mount:") and EXDEV in line for line in lines), lines
+
+
+@needs_root
+@pytest.mark.slow
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_seccomp_remove_rkt_default_blacklist_and_a_negated_entry(
+    rktd: Rktd, tmp_path: Path, flavour: str
+) -> None:
+    assert {"unshare", "mount"} <= set(_group("@rkt/default-blacklist"))
+    blacklist = {"set": ["@rkt/default-blacklist"], "errno": "EXDEV"}
+    proc = _run(
+        rktd, tmp_path, flavour, [{"name": "os/linux/seccomp-remove-set", "value": blacklist}], UNSHARE_MOUNT
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = _lines(proc, flavour)
+    assert any(line.startswith("unshare:") and EXDEV in line for line in lines), lines
+    assert any(line.startswith("mount:") and EXDEV in line for line in lines), lines
+    # less unshare: the filter lets it through (fly's root app may unshare; nspawn's caps refuse it
+    # with EPERM), while mount is still refused by the filter
+    less = {"set": ["-unshare", "@rkt/default-blacklist"], "errno": "EXDEV"}
+    proc = _run(
+        rktd, tmp_path, flavour, [{"name": "os/linux/seccomp-remove-set", "value": less}], UNSHARE_MOUNT
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = _lines(proc, flavour)
+    assert not any(line.startswith("unshare:") and EXDEV in line for line in lines), lines
+    assert any(line.startswith("mount:") and EXDEV in line for line in lines), lines
+    if flavour == "fly":
+        assert "unshare=0" in lines, lines
 
 
 LSMS = [
@@ -163,7 +237,7 @@ def test_exec_isolators_values() -> None:
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ({"set": ["-mkdir"]}, "-mkdir: syscall groups"),
+        ({"set": ["@rkt/nope"]}, "unknown syscall group @rkt/nope"),
         ({"set": ["no_such_call"]}, "unknown system calls: no_such_call"),
         ({"set": ["mkdir"], "errno": "ENOTANERRNO"}, "unknown errno 'ENOTANERRNO'"),
     ],

@@ -5,7 +5,18 @@ the pod's first process (nspawn: the pod's init, so its mount, UTS, IPC, network
 namespaces; fly: the app's mount namespace), forks (a PID namespace applies to children), and the
 child becomes the app as stage1 made it: chrooted into its rootfs, with its capability sets, user,
 groups, working directory, no-new-privileges and environment. The caller waits and exits with the
-command's status. What it does not get is nspawn's seccomp filter.
+command's status.
+
+It also gets the app's own exec isolators, by the same `become()` as the app: its seccomp filter
+(the flat `seccomp` set stage0 expanded), AppArmor profile or SELinux context, and OOM score.
+What it does not get, or gets differently:
+- nspawn's own system call filter, which nspawn installs on the pod's init and the apps inherit:
+  the command is forked from the host, so only the app's own filter confines it, and with no
+  seccomp isolator it runs with no filter at all (`Seccomp: 0` in /proc/self/status), the
+  capability bounding set and the user being what still stand between it and the kernel;
+- the app's stdio: its output goes to the caller's terminal, not through the pod's log relay;
+- (nspawn) the app's own mount namespace: the command gets a fresh one from the pod's, as the app
+  did at its start, so mounts the app made since are out of its sight.
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ import signal
 import sys
 
 from rktd_units.errors import PodError
-from rktd_units.stage1.init import DEFAULT_APP_CAPS, _check, become, exit_status, libc
+from rktd_units.stage1.init import DEFAULT_APP_CAPS, _check, become, exit_status, libc, seccomp_library
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -78,6 +89,8 @@ def enter_app(pid: int, cfg: dict[str, Any], spec: dict[str, Any], rootfs: str, 
     """Run `argv` as the app `spec` of the pod whose first process is `pid`; exit with its status."""
     fly = cfg.get("stage1") == "fly"
     all_caps = fly or cfg.get("all_caps")
+    if spec.get("seccomp"):
+        seccomp_library()  # loaded from the host's file system, like libc, before the mount namespace
     join_cgroups(pid)
     join_namespaces(pid, FLY_NAMESPACES if fly else NSPAWN_NAMESPACES)
     env = dict(spec.get("env") or ())
