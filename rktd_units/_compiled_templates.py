@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+TYPE_CHECKING = False  # typing is imported only for the type checker: the generator runs at every boot
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any, TypeAlias
 
-Filters = Mapping[str, Callable[..., str]]
+    Filters: TypeAlias = Mapping[str, Callable[..., str]]
 
 
 def render_pod_service(c: Mapping[str, Any], f: Filters) -> str:

@@ -29,10 +29,12 @@ HEADER = '''"""Generated from templates/*.j2 by scripts/compile-templates (see t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+TYPE_CHECKING = False  # typing is imported only for the type checker: the generator runs at every boot
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any, TypeAlias
 
-Filters = Mapping[str, Callable[..., str]]
+    Filters: TypeAlias = Mapping[str, Callable[..., str]]
 '''
 
 _TAG = re.compile(r"({{.*?}}|{%.*?%}|{#.*?#})", re.S)
