@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rktd_units.errors import NetworkError
+from rktd_units.names import AC_NAME_RE
 from rktd_units.run import DEFAULT_PATH, run
 
 log = logging.getLogger("rktd")
@@ -152,6 +153,10 @@ def load_networks(local_config: Path) -> dict[str, NetConf]:
         except (OSError, ValueError) as e:
             raise _bad(str(path), "(file)", f"not valid JSON: {e}") from None
         conf = parse_netconf(data, str(path))
+        if not AC_NAME_RE.match(conf.name):
+            # `--net` and the rktd/net annotation take AC Names only, and the name is a directory
+            # of host-local's leases: refuse it here rather than ignore the file.
+            raise _bad(str(path), "name", f"{conf.name!r} is not an AC Name (a-z, 0-9 and inner '-')")
         if conf.name in ("host", "none", "all"):
             raise _bad(str(path), "name", f"{conf.name!r} is reserved")
         if conf.name in from_files:

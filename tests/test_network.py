@@ -285,6 +285,10 @@ def test_net_d_overrides_and_bad_files(tmp_path: Path) -> None:
     (netd / "30-dup.conf").write_text(json.dumps({"name": "x"}))
     with pytest.raises(NetworkError, match=r"30-dup\.conf: type: missing plugin type"):
         cni.load_networks(tmp_path)
+    for bad in ("../../etc", "LAN", "lan\n", "-lan", "a/b"):
+        (netd / "30-dup.conf").write_text(json.dumps({"name": bad, "type": "bridge"}))
+        with pytest.raises(NetworkError, match=r"30-dup\.conf: name: .* is not an AC Name"):
+            cni.load_networks(tmp_path)
 
 
 def test_results_of_every_cni_version() -> None:
