@@ -8,6 +8,7 @@ parses a plain `rktd run` itself, without click.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -192,6 +193,35 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    todo = [pid]
+    while todo and len(out) < 100_000:
+        p = todo.pop()
+        out.append(p)
+        todo += _children(p)
+    return out
+
+
+def _kill_pod(pod_dir: Any, pid: int, cfg: dict[str, Any], *, stage1: bool) -> None:
+    """SIGKILL the pod. nspawn: its init (PID 1 of the pod's namespace, so every app dies with it),
+    and with `stage1` systemd-nspawn too (else it notices and cleans up after itself). fly: stage1
+    and every process below it, listed first: a fly stage1 that keeps a parent for post-stop
+    handlers has the app as its child, and an app that changed its uid has lost its parent-death
+    signal, so it would outlive stage1 and keep the pod's lock."""
+    targets: list[int] = []
+    if cfg.get("stage1") == "fly":
+        targets = _descendants(pid)
+    else:
+        with contextlib.suppress(PodError):
+            targets.append(pod_init_pid(pod_dir))
+        if stage1:
+            targets.append(pid)
+    for target in targets:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, signal.SIGKILL)
+
+
 def pod_init_pid(pod_dir: Any) -> int:
     """The pod's first process: nspawn's child (the init, PID 1 of the pod), or the fly app itself."""
     pid = pod_dir.pid()
@@ -217,19 +247,21 @@ def stop_pod(pod_dir: Any, *, force: bool, timeout: float | None) -> None:
     if pid is None:
         raise PodError(f"pod {pod_dir.uuid}: its pid file does not name the process holding its lock")
     if force:
-        os.kill(pod_init_pid(pod_dir), signal.SIGKILL)
+        _kill_pod(pod_dir, pid, cfg, stage1=False)
     else:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace + 5
     killed = force
     while pod_dir.is_locked():
-        if time.monotonic() > deadline and not killed:
-            for target in (pod_init_pid(pod_dir), pid):
-                try:
-                    os.kill(target, signal.SIGKILL)
-                except (ProcessLookupError, PodError):
-                    pass
-            killed = True
+        now = time.monotonic()
+        if now > deadline and not killed:
+            _kill_pod(pod_dir, pid, cfg, stage1=True)
+            killed, deadline = True, now + 10
+        elif now > deadline:
+            raise PodError(
+                f"pod {pod_dir.uuid}: still running 10 s after SIGKILL (its lock is held)",
+                hint=f"look for its processes: fuser -v {pod_dir.path}",
+            )
         time.sleep(0.05)
     release_resources(pod_dir)
 

@@ -269,3 +269,39 @@ def test_fly_post_stop_failure_keeps_the_app_status(rktd: Rktd, tmp_path: Path) 
     assert proc.returncode == 4, proc.stderr
     assert (out / "post").read_text() == "ran\n"
     assert "post-stop handler /bin/sh failed with status 9" in proc.stderr
+
+
+def test_fly_force_stop_kills_a_non_root_app_kept_below_stage1(rktd: Rktd, tmp_path: Path) -> None:
+    """`rktd stop --force` on a fly pod that keeps a parent (post-stop): the app runs as uid 5, so
+    setuid cleared its parent-death signal; killing stage1 alone left it holding the pod's lock and
+    the stop waiting for ever. Every process of the pod goes, and the stop returns."""
+    uuid_file = tmp_path / "uuid"
+    script = "trap '' TERM; echo $$ > /out/app.tmp; mv /out/app.tmp /out/app; while :; do sleep 0.1; done"
+    manifest, out = _post_stop_pod(tmp_path, script, "echo ran > /out/post")
+    proc = rktd.start("run", f"--uuid-file-save={uuid_file}", f"--pod-manifest={manifest}")
+    uuid = rktd.wait_running(uuid_file, proc)
+    _wait_file(out / "app", proc)
+    app_pid = int((out / "app").read_text())
+    assert _ppid(app_pid) == proc.pid
+    stop = rktd("stop", "--force", uuid, timeout=60)
+    assert stop.returncode == 0, stop.stderr
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert _gone(app_pid)
+    assert rktd.status(uuid)["state"] == "exited"
+
+
+def _gone(pid: int) -> bool:
+    """Is `pid` dead (gone, or a zombie its new parent has not reaped yet)?"""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            state = next(
+                li for li in Path(f"/proc/{pid}/status").read_text().splitlines() if li.startswith("State:")
+            )
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state.split()[1] in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
