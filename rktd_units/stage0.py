@@ -591,9 +591,11 @@ def prepare(opts: RunOptions, *, durable: bool = True) -> PodDir:
             "interactive": opts.interactive,
             "init": f"init{init.suffix}",
             "sysctls": _sysctls(pod, net, flavour),
-            # --insecure-options=capabilities: apps keep the container's whole set, seccomp: no filter
+            # --insecure-options=capabilities: apps keep the container's whole set, seccomp: no filter,
+            # paths: the kernel's API file systems (/proc/sys, /sys, ...) stay writable
             "all_caps": "capabilities" in opts.insecure,
             "no_seccomp": "seccomp" in opts.insecure,
+            "insecure_paths": "paths" in opts.insecure,
             "apps": apps,
         }
         from rktd_units.formats import appc

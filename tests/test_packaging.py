@@ -1,5 +1,6 @@
 """Packaging: meson installs everything in its place, the man pages are derived from the code and render
-cleanly, the Debian package is lintian-clean (no E:/W:), the RPM is rpmlint-clean (no errors)."""
+cleanly, the Debian package is lintian-clean (no E:/W:), the RPM is rpmlint-clean (no errors); both are
+built for the host's architecture and carry the pod's init, a hardened ELF executable."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ RUNTIME_DEPENDS = (
     "containernetworking-plugins",
     "libseccomp2",  # dlopened by stage1 for seccomp isolators
 )
+INIT = "usr/libexec/rktd/rktd-init"
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +56,26 @@ def sh(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     return proc  # type: ignore[no-any-return]
 
 
+def check_init(path: Path, *, hardened: bool) -> None:
+    """`path` is a dynamically linked ELF executable that links libseccomp; `hardened`: linked as a
+    distribution build links it (PIE, full RELRO: relro and bind-now, a non-executable stack)."""
+    assert path.read_bytes()[:4] == b"\x7fELF", path
+    need("readelf")
+    header = sh(["readelf", "-hW", str(path)]).stdout
+    assert re.search(r"^ *Type: +(EXEC|DYN) ", header, re.M), header
+    segments = sh(["readelf", "-lW", str(path)]).stdout
+    assert re.search(r"^ *INTERP ", segments, re.M), segments  # an executable, not a library
+    dynamic = sh(["readelf", "-dW", str(path)]).stdout
+    assert "Shared library: [libseccomp.so.2]" in dynamic, dynamic
+    if not hardened:
+        return
+    assert re.search(r"^ *Type: +DYN \(Position-Independent Executable", header, re.M), header
+    assert re.search(r"^ *GNU_RELRO ", segments, re.M), segments
+    stack = re.search(r"^ *GNU_STACK( +\S+){5} +(\S+) ", segments, re.M)
+    assert stack is not None and "E" not in stack.group(2), segments
+    assert re.search(r"\(FLAGS\) +BIND_NOW|\(FLAGS_1\) +Flags: .*\bNOW\b", dynamic), dynamic
+
+
 @pytest.fixture(scope="module")
 def destdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     need("meson", "ninja", "pkg-config")
@@ -69,6 +91,7 @@ def test_meson_installs_everything(destdir: Path) -> None:
     gendir = sh(["pkg-config", "--variable=systemdsystemgeneratordir", "systemd"]).stdout.strip()
     for path, executable in [
         ("usr/bin/rktd", True),
+        (INIT, True),
         (f"{gendir}/rktd-generator", True),
         (f"{unitdir}/pod@.service", False),
         ("usr/share/man/man1/rktd.1", False),
@@ -82,6 +105,7 @@ def test_meson_installs_everything(destdir: Path) -> None:
         assert f.is_file(), path
         assert bool(f.stat().st_mode & 0o111) == executable, path
     assert (destdir / "usr/bin/rktd").read_text().startswith("#!/usr/bin/python3")
+    check_init(destdir / INIT, hardened=False)
     assert (destdir / unitdir.lstrip("/") / "pod@.service").read_text() == (
         ROOT / "templates/pod@.service"
     ).read_text()
@@ -136,18 +160,25 @@ def test_man_pages(destdir: Path) -> None:
 
 def test_deb_builds_lintian_clean(tmp_path: Path) -> None:
     need("dpkg-buildpackage", "lintian", "dh", "meson")
+    arch = sh(["dpkg", "--print-architecture"]).stdout.strip()
     deb = Path(sh([str(ROOT / "packaging/build-deb"), str(tmp_path)]).stdout.strip().splitlines()[-1])
-    assert deb.name == "rktd-units_0.1.0_all.deb"
+    assert deb.name == f"rktd-units_0.1.0_{arch}.deb"
     fields = sh(["dpkg-deb", "-f", str(deb), "Architecture", "Depends"]).stdout
-    assert "Architecture: all" in fields
-    depends = {d.strip().split()[0] for d in fields.split("Depends:", 1)[1].split(",")}
-    assert set(RUNTIME_DEPENDS) <= depends
-    assert {d for d in depends if not d.startswith("python3")} <= set(RUNTIME_DEPENDS)
+    assert f"Architecture: {arch}\n" in fields
+    depends = {d.strip().split()[0]: d.strip() for d in fields.split("Depends:", 1)[1].split(",")}
+    assert set(RUNTIME_DEPENDS) <= set(depends)
+    assert {d for d in depends if not d.startswith("python3")} <= {*RUNTIME_DEPENDS, "libc6"}
+    # The init's libraries, versioned by dh_shlibdeps (${shlibs:Depends}).
+    assert re.fullmatch(r"libc6 \(>= [\d.]+\)", depends.get("libc6", "")), fields
+    assert re.fullmatch(r"libseccomp2 \(>= [\d.]+\)", depends["libseccomp2"]), fields
     control = tmp_path / "control"
     sh(["dpkg-deb", "-e", str(deb), str(control)])
     postinst = (control / "postinst").read_text()
     assert "[ -d /run/systemd/system ]" in postinst and "systemctl daemon-reload" in postinst
     files = sh(["dpkg-deb", "-c", str(deb)]).stdout
+    assert re.search(rf"^-rwxr-xr-x root/root .* \./{INIT}$", files, re.M), files
+    sh(["dpkg-deb", "-x", str(deb), str(tmp_path / "root")])
+    check_init(tmp_path / "root" / INIT, hardened=True)
     for path in (
         "./usr/bin/rktd",
         "./lib/systemd/system-generators/rktd-generator",
@@ -169,14 +200,26 @@ def test_deb_builds_lintian_clean(tmp_path: Path) -> None:
 
 
 def test_rpm_builds_rpmlint_clean(tmp_path: Path) -> None:
-    need("rpmbuild", "rpmlint", "meson")
+    need("rpmbuild", "rpmlint", "meson", "rpm2cpio", "cpio")
+    arch = sh(["rpm", "--eval", "%{_arch}"]).stdout.strip()
     rpm = Path(sh([str(ROOT / "packaging/build-rpm"), str(tmp_path)]).stdout.strip().splitlines()[-1])
-    assert rpm.name == "rktd-units-0.1.0-1.noarch.rpm"
+    assert rpm.name == f"rktd-units-0.1.0-1.{arch}.rpm"
+    assert sh(["rpm", "-qp", "--qf", "%{ARCH}", str(rpm)]).stdout == arch
     scripts = sh(["rpm", "-qp", "--scripts", str(rpm)]).stdout
     assert "[ -d /run/systemd/system ]" in scripts and "systemctl daemon-reload" in scripts
     requires = sh(["rpm", "-qp", "--requires", str(rpm)]).stdout.split()
     for dep in ("python3-click", "python3-jinja2", "python3-systemd", "/usr/bin/sqv", "systemd-container"):
         assert dep in requires
+    # The init's libraries, found by rpm's ELF dependency generator.
+    assert any(r.startswith("libseccomp.so.2(") for r in requires), requires
+    assert any(r.startswith("libc.so.6(") for r in requires), requires
+    qf = "[%{FILENAMES} %{FILEMODES:perms} %{FILEUSERNAME}:%{FILEGROUPNAME}\n]"
+    modes = sh(["rpm", "-qp", "--qf", qf, str(rpm)]).stdout
+    assert f"/{INIT} -rwxr-xr-x root:root" in modes.splitlines(), modes
+    root = tmp_path / "root"
+    root.mkdir()
+    sh(["sh", "-c", 'rpm2cpio "$1" | cpio -idm --quiet', "sh", str(rpm)], cwd=root)
+    check_init(root / INIT, hardened=True)
     files = sh(["rpm", "-qlp", str(rpm)]).stdout.splitlines()
     assert "/usr/lib/systemd/system-generators/rktd-generator" in files
     assert "/usr/lib/systemd/system/pod@.service" in files

@@ -501,13 +501,6 @@ def test_journald_native_protocol(rktd: Rktd, tmp_path: Path) -> None:
     assert "out line" not in proc.stdout  # journald got it instead
 
 
-def test_journal_datagram_binary_safe() -> None:
-    from rktd_units.stage1.init import journal_datagram
-
-    data = journal_datagram([("MESSAGE", b"two\nlines"), ("X", b"y")])
-    assert _parse_journal(data) == {"MESSAGE": b"two\nlines", "X": b"y"}
-
-
 @needs_nspawn
 def test_notify_ready_reaches_the_manager(rktd: Rktd, tmp_path: Path) -> None:
     path = tmp_path / "notify.socket"
@@ -613,7 +606,7 @@ def test_enter_a_running_app(rktd: Rktd, flavour: str, tmp_path: Path) -> None:
         lines = entered.stdout.split("\n", 1)
         assert lines[0] == "inside"  # the app's own rootfs (its overlay), not the host's /tmp
         if flavour == "nspawn":
-            assert "init.pyc" in lines[1]  # the pod's pid namespace: PID 1 is rktd's init
+            assert lines[1].startswith("/rktd/init\0")  # the pod's pid namespace: PID 1 is rktd-init
     finally:
         assert rktd("stop", uuid).returncode == 0
         proc.communicate(timeout=30)
@@ -678,34 +671,6 @@ def test_sysctls_in_the_pods_network_namespace(rktd: Rktd, tmp_path: Path) -> No
     assert Path("/proc/sys/net/ipv4/tcp_fin_timeout").read_text() == host_value  # the host's is untouched
     refused = rktd("run", "--net=host", f"--pod-manifest={path}")
     assert refused.returncode == 254 and "need a pod network namespace" in refused.stderr
-
-
-def test_init_waits_for_apps_that_support_notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An app whose image says `appc.io/executor/supports-systemd-notify` gates the pod's READY=1."""
-    from rktd_units.stage1 import init as pod_init
-
-    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    manager.bind(str(tmp_path / "notify"))
-    manager.setblocking(False)
-    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
-    cfg = {"uuid": "u", "apps": [{"name": "plain", "env": []}, {"name": "waits", "env": [], "notify": True}]}
-    init = pod_init.Init(cfg)
-    plain, waits = init.apps
-    assert plain.ready and not waits.ready
-    app_end, init_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    waits.notify_sock = init_end
-    init.maybe_ready()  # both apps started, but one has not said READY=1
-    with pytest.raises(BlockingIOError):
-        manager.recv(100)
-    app_end.send(b"STATUS=warming up")
-    init.on_notify(waits)
-    with pytest.raises(BlockingIOError):
-        manager.recv(100)
-    app_end.send(b"STATUS=serving\nREADY=1")
-    init.on_notify(waits)
-    assert manager.recv(100) == b"READY=1"
-    for s in (manager, app_end, init_end):
-        s.close()
 
 
 @needs_nspawn
