@@ -31,11 +31,20 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# As installed (Debian's python3 and python3-click, the package on the path), not through the
-# development virtualenv, whose editable-install finder alone adds ~15 ms to every start.
+# As installed: Debian's python3 with python3-click, started the way /usr/bin/rktd starts it
+# (scripts/rktd-launcher: -I -S, with the directories `site` would add listed), the package taken from
+# this source tree rather than through the development virtualenv, whose editable-install finder alone
+# adds ~15 ms to every start.
 HOST_PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
-# -P: not the current directory first on sys.path (the installed script runs with -I, which implies it).
-RKTD = [HOST_PYTHON, "-P", "-c", "from rktd_units.cli import main; main()"]
+_SITE_DIRS = subprocess.run(
+    [HOST_PYTHON, "-I", "-c", "import site; print(repr(site.getsitepackages()))"],
+    capture_output=True, text=True, check=True,
+).stdout.strip()  # fmt: skip
+RKTD = [
+    HOST_PYTHON, "-I", "-S", "-c",
+    f"import sys; sys.path[:0] = [{str(ROOT)!r}]; sys.path += {_SITE_DIRS}; "
+    "from rktd_units.cli import main; main()",
+]  # fmt: skip
 os.environ["PYTHONPATH"] = str(ROOT)
 # An installed package is byte-compiled (dh_python3, meson's python.install_sources): so are the
 # sources here (compile_package()), and a module edited meanwhile gets its .pyc rewritten on first
@@ -159,8 +168,10 @@ class Bench:
         return out
 
     # -- memory --------------------------------------------------------------------------------------
-    def memory(self, idle: int) -> dict[str, float]:
+    def memory(self, idle: int) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+        """Mean PSS per idle pod, and its split by process name (`comm`)."""
         out: dict[str, float] = {}
+        split: dict[str, dict[str, float]] = {}
         for flavour in ("nspawn", "fly"):
             procs = [
                 subprocess.Popen(
@@ -174,6 +185,7 @@ class Bench:
                 assert p.stdout is not None
                 p.stdout.readline()
             out[f"rktd {flavour}"] = statistics.mean(tree_pss(p.pid) for p in procs)
+            split[f"rktd {flavour}"] = mean_split([pss_by_comm(p.pid) for p in procs])
             for p in procs:
                 p.terminate()
                 p.communicate(timeout=60)
@@ -189,9 +201,10 @@ class Bench:
                 for c in ids
             ]
             out["podman (conmon + app)"] = statistics.mean(tree_pss(pid) for pid in pids)
+            split["podman (conmon + app)"] = mean_split([pss_by_comm(pid) for pid in pids])
             subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True)
         subprocess.run([*RKTD, f"--dir={self.data}", "gc", "--grace-period=0s"], capture_output=True)
-        return out
+        return out, split
 
 
 def descendants(pid: int) -> list[int]:
@@ -207,7 +220,17 @@ def descendants(pid: int) -> list[int]:
 
 def tree_pss(pid: int) -> float:
     """PSS in MiB of a process and all its descendants."""
-    total = 0
+    return sum(pss_by_comm(pid).values())
+
+
+def mean_split(splits: list[dict[str, float]]) -> dict[str, float]:
+    names = sorted({n for s in splits for n in s})
+    return {n: statistics.mean(s.get(n, 0.0) for s in splits) for n in names}
+
+
+def pss_by_comm(pid: int) -> dict[str, float]:
+    """PSS in MiB of a process and all its descendants, summed by process name."""
+    out: dict[str, float] = {}
     todo = [pid]
     seen: set[int] = set()
     while todo:
@@ -216,14 +239,15 @@ def tree_pss(pid: int) -> float:
             continue
         seen.add(p)
         try:
+            comm = Path(f"/proc/{p}/comm").read_text().strip()
             for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
-                    total += int(line.split()[1])
+                    out[comm] = out.get(comm, 0.0) + int(line.split()[1]) / 1024
             for tid in os.listdir(f"/proc/{p}/task"):
                 todo += [int(c) for c in Path(f"/proc/{p}/task/{tid}/children").read_text().split()]
         except OSError:
             continue
-    return total / 1024
+    return out
 
 
 def import_time() -> dict[str, float]:
@@ -269,7 +293,7 @@ def main() -> None:
             result: dict[str, Any] = {
                 "latency": bench.latency(args.runs),
                 "import_ms": import_time(),
-                "idle_pss_mib": bench.memory(args.idle),
+                **dict(zip(("idle_pss_mib", "idle_pss_split_mib"), bench.memory(args.idle), strict=True)),
                 "podman_error": bench.podman_error,
                 "loadavg_before": load,
             }
@@ -291,7 +315,8 @@ def main() -> None:
         print(f"  {name:28} {ms:7.1f} ms")
     print(f"host memory per idle pod (PSS, mean of {args.idle}):")
     for name, mib in result["idle_pss_mib"].items():
-        print(f"  {name:24} {mib:7.2f} MiB")
+        parts = ", ".join(f"{c} {m:.2f}" for c, m in result["idle_pss_split_mib"][name].items())
+        print(f"  {name:24} {mib:7.2f} MiB  ({parts})")
     if result["podman_error"]:
         print(f"podman not measured: {result['podman_error']}")
 

@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NOTIFY_ANNOTATION = "appc.io/executor/supports-systemd-notify"
-INIT_SOURCE = Path(__file__).parent / "stage1" / "init.py"
 
 
 @frozen
@@ -571,7 +570,6 @@ def prepare(opts: RunOptions, *, durable: bool = True) -> PodDir:
     try:
         if opts.uuid_file_save:
             write_atomic(Path(opts.uuid_file_save), f"{pod_dir.uuid}\n".encode(), durable=durable)
-        init = init_program(Path(opts.data_dir))
         apps = [app_spec(r, ra, pod, opts, pod_dir.path) for r, ra in zip(resolved, pod.apps, strict=True)]
         cfg = {
             "uuid": pod_dir.uuid,
@@ -589,7 +587,6 @@ def prepare(opts: RunOptions, *, durable: bool = True) -> PodDir:
             "pod_ports": [{"name": p.name, "host_port": p.host_port, "ip": p.host_ip} for p in pod.ports],
             "stop_timeout": notes["rktd/stop-timeout"],
             "interactive": opts.interactive,
-            "init": f"init{init.suffix}",
             "sysctls": _sysctls(pod, net, flavour),
             # --insecure-options=capabilities: apps keep the container's whole set, seccomp: no filter,
             # paths: the kernel's API file systems (/proc/sys, /sys, ...) stay writable
@@ -604,44 +601,10 @@ def prepare(opts: RunOptions, *, durable: bool = True) -> PodDir:
         pod_dir.write_atomic(
             STAGE1_CONFIG, json.dumps(cfg, indent=1, sort_keys=True).encode(), durable=durable
         )
-        _copy_init(init, pod_dir.path / f"init{init.suffix}")
     except BaseException:
         _abandon(pod_dir)
         raise
     return pod_dir
-
-
-HOST_PYTHON = "/usr/bin/python3"
-
-
-def init_program(data_dir: Path) -> Path:
-    """stage1's init, compiled once per installation (`<dir>/stage1/init-*.pyc`): compiling it on
-    every pod start would cost each start ~10 ms and each pod ~1.3 MB of memory. The pod runs it
-    with the host's python3, the interpreter this process is, else the source is used."""
-    if os.path.realpath(sys.executable) != os.path.realpath(HOST_PYTHON):
-        return INIT_SOURCE
-    st = INIT_SOURCE.stat()
-    tag = f"{sys.implementation.cache_tag}-{st.st_size}-{st.st_mtime_ns}"
-    cached = data_dir / "stage1" / f"init-{tag}.pyc"
-    if not cached.exists():
-        import py_compile
-
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
-        py_compile.compile(str(INIT_SOURCE), cfile=str(tmp), doraise=True)
-        os.rename(tmp, cached)
-    return cached
-
-
-def _copy_init(src: Path, dst: Path) -> None:
-    """A copy, never a hard link: a link would share the cached init's inode with every pod, and
-    one pod able to write its own would replace the init of all later pods."""
-    data = src.read_bytes()
-    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
 
 
 def _abandon(pod_dir: PodDir) -> None:
