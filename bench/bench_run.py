@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # As installed: Debian's python3 with python3-click, started the way /usr/bin/rktd starts it
-# (scripts/rktd-launcher: -I -S, with the directories `site` would add listed), the package taken from
+# (scripts/rktd-launcher: -IS, with the directories `site` would add listed), the package taken from
 # this source tree rather than through the development virtualenv, whose editable-install finder alone
 # adds ~15 ms to every start.
 HOST_PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable

@@ -105,6 +105,11 @@ def test_meson_installs_everything(destdir: Path) -> None:
         assert f.is_file(), path
         assert bool(f.stat().st_mode & 0o111) == executable, path
     assert (destdir / "usr/bin/rktd").read_text().startswith("#!/usr/bin/python3")
+    # The kernel passes everything after the interpreter on a #! line as ONE argument ("-I -S" would
+    # reach python3 as a single, unknown option): run the launcher's line that way.
+    interpreter, _, flags = (destdir / "usr/bin/rktd").read_text().splitlines()[0][2:].partition(" ")
+    flags_run = sh([interpreter, flags, "-c", "import sys; print(sys.flags.isolated, sys.flags.no_site)"])
+    assert flags_run.stdout.split() == ["1", "1"]
     check_init(destdir / INIT, hardened=False)
     assert (destdir / unitdir.lstrip("/") / "pod@.service").read_text() == (
         ROOT / "templates/pod@.service"
