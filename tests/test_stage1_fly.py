@@ -305,3 +305,19 @@ def _gone(pid: int) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_fly_non_root_app_dies_with_a_killed_stage1(rktd: Rktd, tmp_path: Path) -> None:
+    """SIGKILL of a fly stage1 that keeps the app below it (post-stop): the app, running as uid 5,
+    dies too. Its parent-death signal is set again after the uid change, which clears it."""
+    uuid_file = tmp_path / "uuid"
+    script = "trap '' TERM; echo $$ > /out/app.tmp; mv /out/app.tmp /out/app; while :; do sleep 0.1; done"
+    manifest, out = _post_stop_pod(tmp_path, script, "echo ran > /out/post")
+    proc = rktd.start("run", f"--uuid-file-save={uuid_file}", f"--pod-manifest={manifest}")
+    rktd.wait_running(uuid_file, proc)
+    _wait_file(out / "app", proc)
+    app_pid = int((out / "app").read_text())
+    assert _ppid(app_pid) == proc.pid
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert _gone(app_pid)

@@ -83,8 +83,9 @@ def _fork_as_app(
         signal.pthread_sigmask(signal.SIG_UNBLOCK, WAITED)
         # fly is for host tools: without a retain set the app keeps every capability (rkt fly did too)
         become(
-            app, rootfs, argv, dict(app["env"]), fds=fds or [], cgroup_dirs=cgroup_dirs, default_caps=None
-        )
+            app, rootfs, argv, dict(app["env"]), fds=fds or [], cgroup_dirs=cgroup_dirs, default_caps=None,
+            parent=parent,
+        )  # fmt: skip
     except BaseException as e:
         why = f"{e.strerror}{f': {e.filename}' if e.filename else ''}" if isinstance(e, OSError) else str(e)
         os.write(2, f"rktd: app {app['name']}: {argv[0]}: {why}\n".encode(errors="replace"))

@@ -302,10 +302,13 @@ def become(
     cgroup_dirs: dict[str, str],
     default_caps: list[str] | None = DEFAULT_APP_CAPS,
     pivot: bool = False,
+    parent: int = 0,
 ) -> None:
     """Turn this (forked) process into the app: cgroups, fds, chroot, caps, user; then exec.
     `default_caps`: the capabilities kept when the app names no retain set (None: all); `pivot`:
-    a mount namespace of the app's own with its rootfs as root (else a chroot)."""
+    a mount namespace of the app's own with its rootfs as root (else a chroot); `parent`: the pid
+    of a parent the app must die with (SIGKILL), set again after the uid and gid change, which
+    clears it."""
     for controller, path in spec.get("cgroups", {}).items():
         with open(f"{cgroup_dirs[controller]}/{path}/cgroup.procs", "w") as f:
             f.write(str(os.getpid()))
@@ -334,6 +337,10 @@ def become(
     os.setgroups(spec.get("gids", []))
     os.setgid(spec["gid"])
     os.setuid(spec["uid"])
+    if parent:
+        prctl(PR_SET_PDEATHSIG, 9)  # SIGKILL
+        if os.getppid() != parent:  # it died before
+            os._exit(128 + 9)
     drop_caps(keep)
     if filt is not None:
         seccomp_load(*filt)
