@@ -1,4 +1,5 @@
-"""The isolators an app's own process applies just before its exec (stage1/init.py `become()`):
+"""The isolators an app's own process applies just before its exec (rktd-init for nspawn pods;
+stage1/init.py `become()` for fly and `rktd enter`):
 `os/linux/seccomp-remove-set` / `-retain-set`, `os/linux/oom-score-adj`,
 `os/linux/apparmor-profile` and `os/linux/selinux-context`.
 
