@@ -23,7 +23,7 @@ import click
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rktd_units import __version__, annotations, seccomp_groups
-from rktd_units.cli import cli
+from rktd_units.cli import INSECURE_OPTIONS, cli
 
 MANUAL = "rktd-units"
 
@@ -150,6 +150,7 @@ def page_rktd(version: str) -> list[str]:
         if isinstance(p, click.Option) and not p.hidden:
             out += tagged(option_tag(p, ctx), option_help(p))
     out += tagged(bold("-h") + ", " + bold("--help"), ["Show the help of rktd or of a command."])
+    out += insecure_section()
     out += section("commands")
     names = cli.list_commands(ctx)
     for name in names:
@@ -178,6 +179,35 @@ def page_rktd(version: str) -> list[str]:
 
 
 # -- rktd-generator(8) -----------------------------------------------------------------------------
+
+
+# What each --insecure-options value skips (make-man fails when rktd_units.cli.INSECURE_OPTIONS changes
+# and this table does not).
+INSECURE_HELP = {
+    "none": "Skip nothing (the default).",
+    "image": "Fetch, import and run images without a verified signature.",
+    "tls": "Do not verify TLS certificates when fetching images and keys.",
+    "http": "Allow plain http:// for images, signatures and discovery.",
+    "pubkey": "Allow public keys to be fetched over plain http:// (rkt's meaning).",
+    "capabilities": "Apps keep the container's whole capability set instead of the default set.",
+    "paths": "Leave /proc/sys and /sys writable in the pod (systemd-nspawn with "
+    "SYSTEMD_NSPAWN_API_VFS_WRITABLE=1, and /sys bound read-write into each app's root); what "
+    "systemd-nspawn makes inaccessible, /proc/kcore and the like, stays so.",
+    "seccomp": "Install no system call filter: neither systemd-nspawn's nor the apps' seccomp isolators.",
+    "ondisk": "Accepted for rkt's command lines; rkt re-hashed an image's tree on every start, rktd "
+    "checks an image once, when it is imported, so there is nothing to skip.",
+    "all": "Every one of the above.",
+}
+
+
+def insecure_section() -> list[str]:
+    if set(INSECURE_HELP) != set(INSECURE_OPTIONS):
+        raise SystemExit(f"make-man: INSECURE_HELP does not match INSECURE_OPTIONS {INSECURE_OPTIONS}")
+    out = section("insecure options")
+    out += text('"--insecure-options" takes a comma-separated list of:')
+    for name in INSECURE_OPTIONS:
+        out += tagged(bold(name), [INSECURE_HELP[name]])
+    return out
 
 
 def page_generator(version: str) -> list[str]:
