@@ -132,10 +132,10 @@ def assign_listen_fds(cfg: dict[str, Any]) -> None:
 
 # -- cgroups: memory and CPU limits ------------------------------------------------------------------
 #
-# Under systemd the unit carries MemoryMax=/CPUQuota= (the generator writes them from the pod's
-# isolators). stage1 also enforces per-app limits itself where it may create cgroups: on a
-# cgroup v1 memory/cpu hierarchy (as on hosts without systemd) it makes
-# `<own cgroup>/rktd-<uuid>/<app>` per limited app; the app joins it before exec.
+# Under systemd the unit delegates its cgroup (Delegate=yes) and stage1 enforces the per-app limits
+# itself: on cgroup v1 in `<own cgroup>/rktd-<uuid>/<app>`, which the app joins before exec; on v2 in
+# the delegated subtree (nspawn: the init makes `payload/<app>`; fly: setup_cgroups makes
+# `<unit>/<app>`). The generator writes no MemoryMax=/CPUQuota= for the unit as a whole.
 
 
 def _v1_mounts() -> dict[str, str]:
@@ -153,6 +153,7 @@ def _v1_mounts() -> dict[str, str]:
 
 
 def _own_v1_path(controller: str) -> str:
+    """Our cgroup in `controller`'s v1 hierarchy; with "", in the unified (v2) one (its `0::` line)."""
     with open("/proc/self/cgroup", encoding="utf-8") as f:
         for line in f:
             _, controllers, path = line.rstrip("\n").split(":", 2)
@@ -185,9 +186,11 @@ def setup_cgroups(pod_path: Path, cfg: dict[str, Any]) -> dict[str, str]:
     """Create per-app cgroups with the apps' limits; returns controller -> the pod's cgroup dir.
 
     Each limited app's spec gets `cgroups: {controller: path relative to the pod's dir}`. On a
-    cgroup v2-only host (systemd with `Delegate=yes`), the nspawn flavour's init makes the per-app
-    cgroups inside the pod's delegated subtree instead (`cgroup_v2` in the app's spec); fly leaves
-    the limits to the unit, with a notice.
+    cgroup v2-only host the cgroup must be delegated to us (the unit's `Delegate=yes`; nspawn's
+    scope from machined): nspawn's init makes the per-app cgroups inside the pod's subtree
+    (`cgroup_v2` in the app's spec); fly, whose stage1 becomes the app, moves to a leaf of its own
+    (`rktd-stage1`: cgroup v2 lets only a cgroup without processes hand controllers down) and makes
+    `<unit's cgroup>/<app>`. fly outside a delegated cgroup (from a shell) enforces nothing, and says so.
     """
     wanted = {app["name"]: _limits(app) for app in cfg["apps"]}
     controllers = sorted({c for lim in wanted.values() for c in lim})
@@ -198,9 +201,31 @@ def setup_cgroups(pod_path: Path, cfg: dict[str, Any]) -> dict[str, str]:
         for app in cfg["apps"]:
             if _v2_limits(app):
                 app["cgroup_v2"] = _v2_limits(app)
-        if cfg.get("stage1") == "fly":
-            notice("fly: memory/CPU limits are the unit's (MemoryMax=/CPUQuota=) on a cgroup v2 host")
-        return {}
+        if cfg.get("stage1") != "fly":
+            return {}
+        app, base = cfg["apps"][0], "/sys/fs/cgroup" + _own_v1_path("").rstrip("/")
+        limits = app.pop("cgroup_v2", {})
+        try:
+            delegated = os.getxattr(base, "trusted.delegate") == b"1"  # systemd's mark (v251+)
+        except OSError:
+            delegated = False
+        if not delegated:
+            notice(f"fly: memory/CPU limits not enforced: cgroup {base} is not delegated (run it as a unit)")
+            return {}
+        try:
+            for path, value in (
+                (f"{base}/rktd-stage1/cgroup.procs", "0"),
+                (f"{base}/cgroup.subtree_control", " ".join(f"+{c}" for c in controllers)),
+                *((f"{base}/{app['name']}/{key}", value) for key, value in limits.items()),
+            ):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w", encoding="ascii") as f:
+                    f.write(value)
+        except OSError as e:
+            notice(f"fly: memory/CPU limits not enforced: {e.filename}: {e.strerror}")
+            return {}
+        app["cgroups"] = {"unified": app["name"]}
+        return {"unified": base}
     pod_dirs: dict[str, str] = {}
     for controller in controllers:
         if controller not in mounts:

@@ -45,6 +45,7 @@ def spawn(nspawn_pid: int, name: str, pod_uuid: str, root: Path, pod_path: Path)
         os.waitpid(pid, 0)
         return
     try:
+        _leave_unit_cgroup()
         if os.fork() == 0:
             _detach()
             register(nspawn_pid, name, pod_uuid, root, pod_path)
@@ -52,6 +53,26 @@ def spawn(nspawn_pid: int, name: str, pod_uuid: str, root: Path, pod_path: Path)
         _say(f"not registered with systemd-machined: {e}")
     finally:
         os._exit(0)
+
+
+def _leave_unit_cgroup() -> None:
+    """On a cgroup v2 host, move into the `supervisor` cgroup below our own (the unit's), where
+    nspawn --keep-unit puts itself. cgroup v2 gives controllers to the children of a cgroup only
+    while it holds no process: left in the unit's cgroup, the registrar would keep nspawn from
+    enabling memory and cpu for the pod's `payload`, and the apps' limits would go unenforced."""
+    if not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        return  # cgroup v1 or hybrid: nothing to give
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as f:
+            own = next((line[3:].rstrip("\n") for line in f if line.startswith("0::")), None)
+        if own is None:
+            return
+        target = f"/sys/fs/cgroup{own.rstrip('/')}/supervisor"
+        os.makedirs(target, exist_ok=True)
+        with open(f"{target}/cgroup.procs", "w", encoding="ascii") as f:
+            f.write("0")
+    except OSError as e:
+        _say(f"cgroup v2: cannot leave the unit's cgroup ({e}): the apps' limits may not apply")
 
 
 def _detach() -> None:
