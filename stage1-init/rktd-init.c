@@ -56,6 +56,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -70,6 +71,7 @@
 #define JOURNAL_SOCKET "/run/systemd/journal/socket"
 #define MAX_LINE (48 * 1024)
 #define READ_CHUNK 65536
+#define DRAIN_MAX 2.0 /* seconds of output still relayed once every app has ended */
 
 static const char *const CAPABILITIES[] = {
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
@@ -372,7 +374,9 @@ static void parse_config(struct reader *r, struct config *c) {
             char *end;
             errno = 0;
             c->stop_timeout = strtod(r->val, &end);
-            if (errno || !*r->val || *end || !(c->stop_timeout >= 0 && c->stop_timeout <= 1e9))
+            /* decimal only: strtod would also take blanks, a sign, hex and "inf" */
+            if (errno || r->val[0] < '0' || r->val[0] > '9' || r->val[strspn(r->val, "0123456789.e+-")] ||
+                *end || !(c->stop_timeout >= 0 && c->stop_timeout <= 1e9))
                 refuse(r, "stop_timeout: not a number of seconds: %.40s", r->val);
         } else if (!strcmp(k, "interactive")) {
             c->interactive = parse_bool(r);
@@ -506,6 +510,11 @@ static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* A poll(2) timeout for `left` seconds (> 0): at most a day, so that no stop timeout overflows it. */
+static int poll_ms(double left) {
+    return left > 86400 ? 86400 * 1000 : (int)(left * 1000) + 1;
 }
 
 static int exit_status(int wstatus) {
@@ -727,15 +736,19 @@ static void enter_root(const char *rootfs) {
 }
 
 static void restrict_caps(uint64_t keep) {
-    for (int c = 0; c < NCAPS; c++)
+    /* Every capability the kernel may know (up to 63), not only those named above: one a newer kernel
+     * adds must not stay in the bounding set, where an exec as root would grant it. */
+    for (int c = 0; c < 64; c++)
         if (!(keep & 1ULL << c) && prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EINVAL)
             child_fail("prctl(%d): %s", PR_CAPBSET_DROP, strerror(errno));
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
         child_fail("prctl(PR_CAP_AMBIENT_CLEAR_ALL): %s", strerror(errno));
+    /* The inheritable set is emptied: with it, a non-root app could gain the capabilities a file
+     * grants as inheritable (CVE-2022-24769; runc and moby empty it too). Root keeps the bounding set. */
     uint64_t eff, perm, inh;
     if (capget3(&eff, &perm, &inh) < 0)
         child_fail("capget: %s", strerror(errno));
-    if (capset3(eff, perm, (inh & keep) | (perm & keep)) < 0)
+    if (capset3(eff, perm, 0) < 0)
         child_fail("capset: %s", strerror(errno));
 }
 
@@ -743,7 +756,7 @@ static void drop_caps(uint64_t keep) {
     uint64_t eff, perm, inh;
     if (capget3(&eff, &perm, &inh) < 0)
         child_fail("capget: %s", strerror(errno));
-    if (capset3(eff & keep, perm & keep, inh & keep) < 0)
+    if (capset3(eff & keep, perm & keep, 0) < 0)
         child_fail("capset: %s", strerror(errno));
 }
 
@@ -801,7 +814,7 @@ static void become(const struct config *c, const struct app *a, char **argv, int
         env_set(&env, "NOTIFY_SOCKET", v);
     }
     if (nfds) {
-        int high[nfds];
+        int *high = xrealloc(NULL, nfds * sizeof *high);
         for (size_t i = 0; i < nfds; i++)
             if ((high[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3 + (int)nfds)) < 0)
                 child_fail("listen fd %d: %s", fds[i], strerror(errno));
@@ -1027,7 +1040,10 @@ static void read_signals(void) {
 }
 
 static void child_signals(void) {
-    signal(SIGPIPE, SIG_DFL);
+    /* Every disposition the init was given or set (an ignored signal survives exec), then the mask. */
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP)
+            signal(sig, SIG_DFL);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL); /* a pending stop signal ends the child here */
@@ -1036,18 +1052,21 @@ static void child_signals(void) {
 static pid_t spawn(struct app *a, char **argv, bool main_process) {
     int outs[2][2] = {{-1, -1}, {-1, -1}};
     if (main_process && !cfg.interactive) {
-        for (int i = 0; i < 2; i++) {
+        for (int i = 0; i < 2; i++)
             if (pipe2(outs[i], O_CLOEXEC) < 0) {
                 logmsg("%s: pipe: %s", a->name, strerror(errno));
+                if (i)
+                    close(outs[0][0]), close(outs[0][1]);
                 return -1;
             }
+        for (int i = 0; i < 2; i++) {
             fcntl(outs[i][0], F_SETFL, O_NONBLOCK);
             streams = xrealloc(streams, (nstreams + 1) * sizeof *streams);
             char *buf = xrealloc(NULL, MAX_LINE + READ_CHUNK);
             streams[nstreams++] = (struct stream){outs[i][0], i + 1, a, buf, 0};
         }
     }
-    int fds[a->nlisten + 1];
+    int *fds = xrealloc(NULL, (a->nlisten + 1) * sizeof *fds);
     size_t nfds = 0;
     if (main_process)
         for (size_t i = 0; i < a->nlisten; i++)
@@ -1065,33 +1084,133 @@ static pid_t spawn(struct app *a, char **argv, bool main_process) {
     }
     if (pid < 0)
         logmsg("%s: fork: %s", a->name, strerror(errno));
+    free(fds);
     for (int i = 0; i < 2; i++)
         if (outs[i][1] >= 0)
             close(outs[i][1]);
     return pid;
 }
 
+/* Wait for a handler while still hearing stop signals: once the pod stops, a pre-start handler gets
+ * SIGTERM, and a handler still running when the stop timeout has passed is killed (one started after
+ * the stop began, such as a post-stop handler, has a stop timeout of its own), so that no hanging
+ * handler keeps the pod. The apps still get their SIGKILL in time. Stop signals read here may also
+ * consume an app's SIGCHLD: every caller reaps afterwards. -1 if the handler cannot be waited for. */
+static int wait_handler(pid_t pid, bool pre_start, int *signalled) {
+    bool termed = false, killed = false;
+    double started = now();
+    for (;;) {
+        int st;
+        pid_t got = waitpid(pid, &st, WNOHANG);
+        if (got == pid) {
+            *signalled = killed ? SIGKILL : termed ? SIGTERM : 0;
+            return exit_status(st);
+        }
+        if (got < 0 && errno != EINTR)
+            return -1;
+        if (stopping && pre_start && !termed) {
+            kill(-pid, SIGTERM);
+            kill(pid, SIGTERM);
+            termed = true;
+        }
+        int timeout = -1;
+        double t = now();
+        if (kill_pending) {
+            if (kill_at <= t) {
+                signal_apps(SIGKILL);
+                kill_pending = false;
+            } else {
+                timeout = poll_ms(kill_at - t);
+            }
+        }
+        if (stopping && !killed) {
+            double deadline = kill_at - cfg.stop_timeout < started ? started + cfg.stop_timeout : kill_at;
+            if (deadline <= t) {
+                kill(-pid, SIGKILL);
+                kill(pid, SIGKILL);
+                killed = true;
+            } else if (timeout < 0 || poll_ms(deadline - t) < timeout) {
+                timeout = poll_ms(deadline - t);
+            }
+        }
+        struct pollfd p = {sig_fd, POLLIN, 0};
+        poll(&p, 1, timeout); /* its SIGCHLD ends the wait */
+        read_signals();
+    }
+}
+
 static int run_handlers(struct app *a, const struct argvs *handlers, const char *event) {
     for (size_t i = 0; i < handlers->n; i++) {
         char **argv = handlers->v[i].v;
         pid_t pid = spawn(a, argv, false);
-        int st = 0, code;
+        int code, signalled = 0;
         if (pid < 0) {
             code = 127;
         } else {
-            pid_t got;
-            while ((got = waitpid(pid, &st, 0)) < 0 && errno == EINTR)
-                ;
-            if (got < 0)
+            code = wait_handler(pid, !strcmp(event, "pre_start"), &signalled);
+            if (code < 0)
                 return 0;
-            code = exit_status(st);
         }
-        if (code) {
+        if (code && signalled == SIGKILL)
+            logmsg("%s: %s handler %s killed: the stop timeout passed", a->name, event, argv[0]);
+        else if (code && !(signalled == SIGTERM && code == 128 + SIGTERM))
             logmsg("%s: %s handler %s failed with status %d", a->name, event, argv[0], code);
+        if (code)
             return code;
-        }
     }
     return 0;
+}
+
+/* Make the mount at `target` and every mount below it read-only, their other flags kept. A remount
+ * (MS_REMOUNT | MS_BIND | MS_RDONLY) changes one mount only, whatever MS_REC says: under a read-only
+ * /sys, the cgroup file systems nspawn mounts read-write stayed writable, so an app could make cgroups
+ * and move itself out of its own (out of its memory and CPU limits). */
+static int read_only_tree(const char *target) {
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442 /* the same number on every architecture */
+#endif
+    struct {
+        uint64_t attr_set, attr_clr, propagation, userns_fd;
+    } attr = {.attr_set = 0x1 /* MOUNT_ATTR_RDONLY */};
+    if (syscall(SYS_mount_setattr, AT_FDCWD, target, 0x8000 /* AT_RECURSIVE */, &attr, sizeof attr) == 0)
+        return 0;
+    /* A kernel before 5.12 (ENOSYS), or an nspawn whose seccomp filter predates the call (EPERM):
+     * remount each mount at or below `target`, found in mountinfo (field 5, octal escapes), with the
+     * flags it has. */
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    if (!f)
+        return -1;
+    char *line = NULL, point[PATH_MAX];
+    size_t cap = 0, tlen = strlen(target);
+    int ret = 0;
+    while (ret == 0 && getline(&line, &cap, f) > 0) {
+        char *field = line;
+        for (int i = 0; i < 4 && field; i++)
+            field = strchr(field, ' ') ? strchr(field, ' ') + 1 : NULL;
+        if (!field)
+            continue;
+        size_t n = 0;
+        for (char *c = field; *c && *c != ' ' && n + 1 < sizeof point; n++)
+            if (c[0] == '\\' && c[1] >= '0' && c[1] <= '3' && c[2] && c[3]) {
+                point[n] = (char)((c[1] - '0') << 6 | (c[2] - '0') << 3 | (c[3] - '0'));
+                c += 4;
+            } else {
+                point[n] = *c++;
+            }
+        point[n] = 0;
+        if (strncmp(point, target, tlen) || (point[tlen] && point[tlen] != '/'))
+            continue;
+        struct statvfs sv;
+        unsigned long keep = 0;
+        if (statvfs(point, &sv) == 0)
+            keep = (sv.f_flag & ST_NOSUID ? MS_NOSUID : 0) | (sv.f_flag & ST_NODEV ? MS_NODEV : 0) |
+                   (sv.f_flag & ST_NOEXEC ? MS_NOEXEC : 0);
+        if (mount("none", point, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | keep, NULL) < 0)
+            ret = -1;
+    }
+    free(line);
+    fclose(f);
+    return ret;
 }
 
 static void prepare_rootfs(const struct app *a) {
@@ -1110,8 +1229,13 @@ static void prepare_rootfs(const struct app *a) {
         what = "mount";
         if (mount(src, target, NULL, MS_BIND | MS_REC, NULL) < 0)
             goto bad;
-        if (ro && mount("none", target, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_REC, NULL) < 0)
+        what = "make read-only";
+        if (ro && read_only_tree(target) < 0) {
+            int e = errno;
+            umount2(target, MNT_DETACH); /* no /sys at all rather than a writable one */
+            errno = e;
             goto bad;
+        }
         continue;
     bad:
         logmsg("%s: cannot mount %s: %s %s: %s", a->name, src, what, target, strerror(errno));
@@ -1182,10 +1306,10 @@ static void setup_cgroup_v2(void) {
         snprintf(msg, sizeof msg, "controllers %s not delegated", missing);
         goto bad;
     }
-    const char *step = V2_ROOT "/rktd-init";
+    const char *step = V2_ROOT "/_rktd-init";
     if (mkdir(step, 0755) < 0 && errno != EEXIST)
         goto bad_errno;
-    step = V2_ROOT "/rktd-init/cgroup.procs";
+    step = V2_ROOT "/_rktd-init/cgroup.procs";
     if (write_file(step, "0") < 0)
         goto bad_errno;
     step = V2_ROOT "/cgroup.subtree_control";
@@ -1258,15 +1382,17 @@ static void on_notify(struct app *a) {
             for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++)
                 close(fds[i]);
         }
+    bool from_pod = false; /* SO_PASSCRED: the kernel attaches the sender's credentials */
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS &&
             c->cmsg_len >= CMSG_LEN(sizeof(struct ucred))) {
             struct ucred cred;
             memcpy(&cred, CMSG_DATA(c), sizeof cred);
-            if (cred.pid <= 0)
-                return; /* a process outside the pod's PID namespace: not the app */
+            from_pod = cred.pid > 0; /* 0: a process outside the pod's PID namespace, not the app */
             break;
         }
+    if (!from_pod)
+        return;
     for (ssize_t start = 0; start <= n;) {
         char *nl = memchr(data + start, '\n', (size_t)(n - start));
         ssize_t end = nl ? nl - data : n;
@@ -1321,10 +1447,10 @@ static void start(void) {
         prepare_rootfs(&cfg.apps[i]);
     for (size_t i = 0; i < cfg.napps; i++) {
         int code = run_handlers(&cfg.apps[i], &cfg.apps[i].pre_start, "pre_start");
-        if (code) {
+        if (code && !stopping)
             fail(&cfg.apps[i], code);
-            return;
-        }
+        if (code || stopping)
+            return; /* a pre-start handler failed, or the pod was stopped while starting */
     }
     for (size_t i = 0; i < cfg.napps; i++) {
         struct app *a = &cfg.apps[i];
@@ -1366,6 +1492,7 @@ static int result(void) {
 }
 
 static int loop(void) {
+    double drain_until = -1;
     while (any_running() || nstreams) {
         int timeout = -1;
         if (kill_pending) {
@@ -1374,15 +1501,25 @@ static int loop(void) {
                 signal_apps(SIGKILL);
                 kill_pending = false;
             } else {
-                timeout = (int)(left * 1000) + 1;
+                timeout = poll_ms(left);
             }
         }
-        bool draining = !any_running();
-        if (draining)
-            timeout = 500; /* apps are gone: drain what their descendants still hold open */
-        size_t max = 1 + nstreams + cfg.napps, n = 0;
-        struct pollfd pfd[max];
-        struct app *owner[max];
+        bool draining = !any_running(), cut = false;
+        if (draining) {
+            /* The apps are gone: relay what their descendants still hold open until they are silent
+             * for half a second, and for DRAIN_MAX seconds at most: one that keeps writing must not
+             * keep the pod (it dies with this init, the pod's PID 1). */
+            if (drain_until < 0)
+                drain_until = now() + DRAIN_MAX;
+            double left = drain_until - now();
+            cut = left < 0.5;
+            timeout = left <= 0 ? 0 : cut ? poll_ms(left) : 500;
+        }
+        size_t max = 1 + nstreams + cfg.napps, n = 0; /* on the heap: the config sets napps */
+        static struct pollfd *pfd;
+        static struct app **owner;
+        pfd = xrealloc(pfd, max * sizeof *pfd);
+        owner = xrealloc(owner, max * sizeof *owner);
         pfd[n++] = (struct pollfd){sig_fd, POLLIN, 0};
         for (size_t i = 0; i < nstreams; i++)
             pfd[n++] = (struct pollfd){streams[i].fd, POLLIN, 0};
@@ -1393,8 +1530,12 @@ static int loop(void) {
                 pfd[n++] = (struct pollfd){cfg.apps[i].notify_fd, POLLIN, 0};
             }
         int ready = poll(pfd, n, timeout);
-        if (ready == 0 && draining && !any_running())
+        if ((ready == 0 || (cut && now() >= drain_until)) && draining && !any_running()) {
+            if (ready != 0 || cut)
+                logmsg("output still open %g s after the apps ended (processes they left): ending the pod",
+                       DRAIN_MAX);
             break;
+        }
         if (ready > 0) {
             if (pfd[0].revents)
                 read_signals();

@@ -194,10 +194,23 @@ def test_retain_set_limits_every_capability_set(rktd: Rktd) -> None:
     proc = run_sh(rktd, "nspawn", script, app=("--cap-retain=CAP_NET_BIND_SERVICE",))
     caps = caps_of(proc.stdout)
     want = 1 << CAP["CAP_NET_BIND_SERVICE"]
+    # Inheritable empty: a non-root app could otherwise gain what a file grants as inheritable
+    # (CVE-2022-24769); as root the bounding set is what survives exec.
     assert (caps["CapEff"], caps["CapPrm"], caps["CapInh"], caps["CapBnd"], caps["CapAmb"]) == (
-        want, want, want, want, 0,
+        want, want, 0, want, 0,
     )  # fmt: skip
     assert "CHOWN-WORKED" not in proc.stdout
+
+
+@pytest.mark.parametrize("flavour", ["nspawn", "fly"])
+def test_no_app_has_an_inheritable_capability(rktd: Rktd, flavour: str) -> None:
+    """Neither flavour's apps (the C init's, and fly's become()) keep an inheritable set, with a
+    retain set or the default one."""
+    for app in ((), ("--cap-retain=CAP_NET_BIND_SERVICE",)):
+        proc = run_sh(rktd, flavour, "grep ^Cap /proc/self/status", app=app)
+        assert proc.returncode == 0, proc.stderr
+        caps = caps_of(proc.stdout)
+        assert caps["CapInh"] == 0 and caps["CapBnd"] != 0, (flavour, app, caps)
 
 
 @needs_nspawn

@@ -9,6 +9,8 @@ import os
 import signal
 import socket
 import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from tests.helpers.aci import make_busybox_aci
 from tests.test_stage1_nspawn import (
     IMG,
     Rktd,
+    _parse_journal,
     app_lines,
     busybox_aci,
     needs_nspawn,
@@ -101,6 +104,18 @@ BAD = {
 @pytest.mark.parametrize("what", sorted(BAD))
 def test_malformed_configs_are_refused_in_one_line(init: str, tmp_path: Path, what: str) -> None:
     assert_refused(check(init, BAD[what], tmp_path), what)
+
+
+@pytest.mark.parametrize("value", [" 5", "0x10", "+1", "-1", "inf", "nan", "1e10", "5s", ""])
+def test_a_stop_timeout_is_plain_decimal_seconds(init: str, tmp_path: Path, value: str) -> None:
+    """strtod alone took blanks, a sign and hex; what init_config writes (repr of a float) still passes."""
+    good = init_config(cfg())
+    assert b"\0stop_timeout\x003.0\0" in good
+    for ok in ("0.0", "1e-05", "9999999.0"):
+        accepted = check(init, good.replace(b"\x003.0\0", f"\0{ok}\0".encode(), 1), tmp_path)
+        assert accepted.returncode == 0, (ok, accepted.stderr)
+    bad = good.replace(b"\x003.0\0", f"\0{value}\0".encode(), 1)
+    assert_refused(check(init, bad, tmp_path), "stop_timeout: not a number of seconds")
 
 
 @needs_root
@@ -242,7 +257,8 @@ def _ready_sent(manager: socket.socket) -> bool:
 
 
 def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
+    out: list[int] = []
+    todo = [pid]
     while todo and len(out) < 1000:
         p = todo.pop()
         out.append(p)
@@ -408,3 +424,309 @@ def test_exec_searches_the_apps_path_and_reports_a_missing_program(rktd: Rktd) -
     assert "rktd-init: busybox: /nonexistent: exec /nonexistent: No such file or directory" in missing.stderr
     unset = rktd("run", "--net=host", "--set-env=PATH=/nowhere", IMG, "--exec=sh")
     assert unset.returncode == 127 and "exec sh: No such file or directory" in unset.stderr, unset.stderr
+
+
+# -- hostile apps: what they send the init, and what they leave behind ------------------------------
+
+
+def _manifest(tmp_path: Path, script: str, handlers: dict[str, str], stop_timeout: str = "1") -> Path:
+    """A one-app pod `a` running `script`, with the given event handlers (name -> shell script)."""
+    app: dict[str, Any] = {"exec": ["/bin/sh", "-c", script], "user": "0", "group": "0"}
+    app["eventHandlers"] = [{"name": n, "exec": ["/bin/sh", "-c", h]} for n, h in handlers.items()]
+    manifest = {
+        "acKind": "PodManifest",
+        "acVersion": "0.8.11",
+        "apps": [{"name": "a", "image": {"name": IMG}, "app": app}],
+        "annotations": [{"name": "rktd/stop-timeout", "value": stop_timeout}],
+    }
+    path = tmp_path / "pod.json"
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """SIGTERM to stage1, then its output; a pod that never ends fails the test (TimeoutExpired)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+
+
+@needs_root
+@needs_nspawn
+def test_a_process_left_writing_does_not_keep_the_pod(rktd: Rktd) -> None:
+    """The app ended; a background child it left writes forever. The init relays its output for a
+    bounded time, then ends the pod (the child dies with the pod's PID 1); it used to wait forever."""
+    script = "(while :; do echo left; sleep 0.1; done) & echo main; exit 0"
+    proc = rktd("run", "--net=host", IMG, "--exec=/bin/sh", "--", "-c", script, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = app_lines(proc.stdout)
+    assert "main" in lines and "left" in lines, lines
+    assert "rktd-init: output still open 2 s after the apps ended" in proc.stderr
+
+
+@needs_root
+@needs_nspawn
+def test_a_hanging_post_stop_handler_is_killed_at_the_stop_timeout(rktd: Rktd, tmp_path: Path) -> None:
+    """The init used to wait for a post-stop handler deaf to stop signals: one that hung kept the pod
+    for ever. Now a stop still works: the handler is killed when the stop timeout has passed."""
+    hang = "trap '' TERM; echo hanging; while :; do sleep 1; done"
+    manifest = _manifest(tmp_path, "echo up; exit 0", {"post-stop": hang})
+    uuid_file = tmp_path / "uuid"
+    proc = rktd.start("run", "--net=host", f"--uuid-file-save={uuid_file}", f"--pod-manifest={manifest}")
+    uuid = rktd.wait_running(uuid_file, proc)
+    rktd.wait_output(proc, "hanging")  # the app ended and its handler runs
+    _, err = _stop(proc)
+    assert proc.returncode == 0, err
+    assert "rktd-init: a: post_stop handler /bin/sh killed: the stop timeout passed" in err
+    [pod] = (rktd.dir / "pods").glob(f"*/{uuid}")
+    assert (pod / "status" / "a").read_text() == "0\n"
+
+
+@needs_root
+@needs_nspawn
+def test_a_pod_stopped_in_its_pre_start_handler_ends_without_starting(rktd: Rktd, tmp_path: Path) -> None:
+    """A stop during a pre-start handler sends it SIGTERM and the app never starts (the init used
+    to wait for the handler, however long, before hearing the stop)."""
+    manifest = _manifest(tmp_path, "echo app-started", {"pre-start": "echo pre; exec sleep 600"}, "30")
+    proc = rktd.start("run", "--net=host", f"--pod-manifest={manifest}")
+    rktd.wait_output(proc, "pre")
+    out, err = _stop(proc)
+    assert proc.returncode == 0, err
+    assert "app-started" not in out and "failed" not in err, (out, err)
+
+
+@needs_root
+@needs_nspawn
+def test_a_stop_timeout_of_months_still_stops(rktd: Rktd, tmp_path: Path) -> None:
+    """The longest stop timeout an annotation allows (9999999 s) overflowed the init's poll timeout
+    in milliseconds (undefined behaviour, caught by -fsanitize=float-cast-overflow)."""
+    manifest = _manifest(tmp_path, "echo up; exec sleep 600", {}, "9999999")
+    proc = rktd.start("run", "--net=host", f"--pod-manifest={manifest}")
+    rktd.wait_output(proc, "app[a]: up")
+    _, err = _stop(proc)
+    assert proc.returncode == 0, err
+
+
+PASSFD_C = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+/* passfd N: 20 datagrams "READY=1" to $NOTIFY_SOCKET, each carrying N fds of /passfd (SCM_RIGHTS). */
+int main(int argc, char **argv) {
+    const char *path = getenv("NOTIFY_SOCKET");
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    int n = argc == 2 ? atoi(argv[1]) : 0, fds[200];
+    if (!path || strlen(path) >= sizeof sa.sun_path || n < 1 || n > 200) return 2;
+    strcpy(sa.sun_path, path);
+    if (path[0] == '@') sa.sun_path[0] = 0;
+    for (int i = 0; i < n; i++)
+        if ((fds[i] = open("/passfd", O_RDONLY)) < 0) return 3;
+    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof fds)]; } control;
+    struct iovec iov = {"READY=1", 7};
+    struct msghdr mh = {.msg_name = &sa,
+                        .msg_namelen = offsetof(struct sockaddr_un, sun_path) + strlen(path),
+                        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                        .msg_controllen = CMSG_SPACE(n * sizeof(int))};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(n * sizeof(int));
+    memcpy(CMSG_DATA(c), fds, n * sizeof(int));
+    int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+    for (int k = 0; k < 20; k++)
+        if (sendmsg(fd, &mh, 0) < 0) {
+            perror("sendmsg");
+            return 4;
+        }
+    return 0;
+}
+"""
+
+
+def _static_binary(tmp_path: Path, name: str, source: str) -> bytes:
+    src = tmp_path / f"{name}.c"
+    src.write_text(source)
+    built = subprocess.run(
+        ["gcc", "-static", "-O", "-o", tmp_path / name, src], capture_output=True, text=True, timeout=120
+    )
+    assert built.returncode == 0, built.stderr
+    return (tmp_path / name).read_bytes()
+
+
+def _pod_init(rktd: Rktd, uuid: str) -> int:
+    nspawn = int(rktd.status(uuid)["pid"])
+    [pod_init] = Path(f"/proc/{nspawn}/task/{nspawn}/children").read_text().split()
+    return int(pod_init)
+
+
+@needs_root
+@needs_nspawn
+def test_fds_an_app_passes_with_its_notifications_are_not_kept(rktd: Rktd, tmp_path: Path) -> None:
+    """An app sending READY=1 with fds attached (SCM_RIGHTS, 20 datagrams of 40 fds: in flight at once,
+    they stay under the sender's RLIMIT_NOFILE) neither leaks them into the init (whose fd table would
+    fill) nor stops READY=1 from counting."""
+    aci = make_busybox_aci(
+        tmp_path / "passer.aci", "example.com/passer",
+        annotations={"appc.io/executor/supports-systemd-notify": "true"},
+        extra_files={"passfd": _static_binary(tmp_path, "passfd", PASSFD_C)},
+    )  # fmt: skip
+    from rktd_units.store import Store
+
+    Store(rktd.dir).import_aci(aci)
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    manager.bind(str(tmp_path / "manager.sock"))
+    uuid_file = tmp_path / "uuid"
+    proc = rktd.start(
+        "--insecure-options=image", "run", "--net=host", f"--uuid-file-save={uuid_file}",
+        "example.com/passer", "--exec=/bin/sh", "--", "-c",
+        "chmod 755 /passfd; /passfd 40; echo sent $?; exec sleep 600",
+        env={"NOTIFY_SOCKET": str(tmp_path / "manager.sock")},
+    )  # fmt: skip
+    try:
+        uuid = rktd.wait_running(uuid_file, proc)
+        assert "app[passer]: sent 0\n" in rktd.wait_output(proc, "app[passer]: sent")
+        manager.settimeout(20)
+        messages = b""
+        while b"READY=1" not in messages.split(b"\n"):
+            messages += manager.recv(4096) + b"\n"  # a timeout ends the test
+        pid = _pod_init(rktd, uuid)
+        fds = os.listdir(f"/proc/{pid}/fd")
+        targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds]
+        assert not [t for t in targets if t.endswith("passfd")] and len(fds) < 20, targets
+    finally:
+        _stop(proc)
+        manager.close()
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[tuple[Path, list[bytes]]]:
+    """A socket standing in for journald's, read as the pod writes (a full queue would block the
+    init): its path and the datagrams received."""
+    path = tmp_path / "journal.socket"
+    got: list[bytes] = []
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    stop = threading.Event()
+
+    def read() -> None:
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                got.append(sock.recv(1 << 20))
+            except TimeoutError:
+                continue
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    yield path, got
+    stop.set()
+    reader.join(timeout=10)
+    sock.close()
+
+
+def _settled(got: list[bytes], want: int) -> list[dict[str, bytes]]:
+    """The first `want` journal entries (waiting for the reader, boundedly)."""
+    for _ in range(200):
+        if len(got) >= want:
+            break
+        threading.Event().wait(0.05)
+    return [_parse_journal(d) for d in got]
+
+
+@needs_root
+@needs_nspawn
+def test_a_megabyte_line_of_binary_reaches_the_journal_whole(
+    rktd: Rktd, tmp_path: Path, journal: tuple[Path, list[bytes]]
+) -> None:
+    """1 MiB without a newline, every byte value but newline (NUL included): split into entries of
+    at most 48 KiB + one read (each under the datagram limit, no memfd needed), nothing lost or
+    changed, then the next line as its own entry."""
+    path, got = journal
+    blob = bytes(b for b in range(256) if b != 10) * (1 << 20 // 255 + 1)
+    blob = blob[: 1 << 20]
+    data = tmp_path / "blob"
+    data.mkdir()
+    (data / "blob").write_bytes(blob + b"\nafter\n")
+    proc = rktd(
+        "run", "--net=host", f"--volume=data,kind=host,source={data}", IMG,
+        "--mount=volume=data,target=/data", "--exec=/bin/cat", "--", "/data/blob",
+        env={"RKTD_JOURNAL_SOCKET": str(path)}, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    entries = _settled(got, 2)
+    messages = [e["MESSAGE"] for e in entries if e.get("RKTD_APP") == b"busybox"]
+    assert messages[-1] == b"after" and b"".join(messages[:-1]) == blob
+    assert all(len(m) <= 48 * 1024 + 65536 for m in messages), [len(m) for m in messages]
+    assert {e["PRIORITY"] for e in entries} == {b"6"}
+
+
+@needs_root
+@needs_nspawn
+def test_no_fd_of_the_init_reaches_an_app(
+    rktd: Rktd, notifier: str, journal: tuple[Path, list[bytes]], tmp_path: Path
+) -> None:
+    """Two apps, one with a notify socket, output to the journal: each app has exactly its stdin and
+    its two output pipes (ls adds its own fd 3), no signal blocked or ignored, no ambient capability
+    (`; true`: busybox sh execs a last command itself, with SIGINT ignored)."""
+    path, got = journal
+    script = (
+        "/bin/sh",
+        "-c",
+        "ls -l /proc/self/fd; grep -E '^(SigBlk|SigIgn|CapAmb)' /proc/self/status; true",
+    )
+    proc = rktd(
+        "--insecure-options=image", "run", "--net=host", notifier, "--exec=/bin/sh", "--", *script[1:],
+        "---", IMG, "--exec=/bin/sh", "--", *script[1:],
+        env={"RKTD_JOURNAL_SOCKET": str(path), "NOTIFY_SOCKET": str(tmp_path / "nobody")},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    entries = _settled(got, 14)
+    for app in (b"notifier", b"busybox"):
+        lines = [e["MESSAGE"].decode() for e in entries if e["RKTD_APP"] == app]
+        fds = sorted(line.split(" -> ")[0].split()[-1] for line in lines if line.startswith(("lr", "l-")))
+        assert fds == ["0", "1", "2", "3"], lines
+        status = dict(line.split(":\t") for line in lines if ":\t" in line)
+        assert status == {"SigBlk": "0" * 16, "SigIgn": "0" * 16, "CapAmb": "0" * 16}, lines
+
+
+@needs_root
+@needs_nspawn
+def test_every_mount_under_a_read_only_sys_is_read_only(rktd: Rktd) -> None:
+    """The init made /sys read-only with one remount, which changes one mount: the cgroup file systems
+    below it stayed writable, and an app (root, default capabilities) could make a cgroup and move
+    itself out of its limits (here, on a host with a cgroup v1/v2 hybrid, into the host's tree)."""
+    script = (
+        "grep -E ' /sys[/ ]' /proc/self/mounts | cut -d' ' -f2,4 | cut -d, -f1; "
+        "for d in $(grep -E ' /sys/fs/cgroup' /proc/self/mounts | cut -d' ' -f2); do "
+        "mkdir $d/rktd-probe 2>/dev/null && rmdir $d/rktd-probe && echo WRITABLE $d; done; true"
+    )
+    proc = rktd("run", "--net=none", IMG, "--exec=/bin/sh", "--", "-c", script)
+    assert proc.returncode == 0, proc.stderr
+    mounts = dict(line.split(" ") for line in app_lines(proc.stdout) if not line.startswith("WRITABLE"))
+    assert "/sys" in mounts and any(m.startswith("/sys/fs/cgroup") for m in mounts), mounts
+    assert set(mounts.values()) == {"ro"}, mounts
+    assert "WRITABLE" not in proc.stdout, proc.stdout
+    assert "cannot mount" not in proc.stderr, proc.stderr
+
+
+@needs_root
+@needs_nspawn
+def test_post_stop_still_runs_after_the_stop_timeout_killed_the_app(rktd: Rktd, tmp_path: Path) -> None:
+    """A handler started once the stop timeout has passed gets a stop timeout of its own (it is not
+    killed at once for being late)."""
+    script = "trap '' TERM; echo up; while :; do sleep 1; done"
+    manifest = _manifest(tmp_path, script, {"post-stop": "sleep 0.2; echo post-ran"})
+    proc = rktd.start("run", "--net=host", f"--pod-manifest={manifest}")
+    rktd.wait_output(proc, "app[a]: up")
+    out, err = _stop(proc)
+    assert proc.returncode == 0, err
+    assert "post-ran" in out and "handler" not in err, (out, err)

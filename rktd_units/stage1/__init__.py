@@ -189,8 +189,9 @@ def setup_cgroups(pod_path: Path, cfg: dict[str, Any]) -> dict[str, str]:
     cgroup v2-only host the cgroup must be delegated to us (the unit's `Delegate=yes`; nspawn's
     scope from machined): nspawn's init makes the per-app cgroups inside the pod's subtree
     (`cgroup_v2` in the app's spec); fly, whose stage1 becomes the app, moves to a leaf of its own
-    (`rktd-stage1`: cgroup v2 lets only a cgroup without processes hand controllers down) and makes
-    `<unit's cgroup>/<app>`. fly outside a delegated cgroup (from a shell) enforces nothing, and says so.
+    (`_rktd-stage1`, which no app can be named: cgroup v2 lets only a cgroup without processes hand
+    controllers down) and makes `<unit's cgroup>/<app>`. fly outside a delegated cgroup (from a shell)
+    enforces nothing, and says so.
     """
     wanted = {app["name"]: _limits(app) for app in cfg["apps"]}
     controllers = sorted({c for lim in wanted.values() for c in lim})
@@ -214,7 +215,7 @@ def setup_cgroups(pod_path: Path, cfg: dict[str, Any]) -> dict[str, str]:
             return {}
         try:
             for path, value in (
-                (f"{base}/rktd-stage1/cgroup.procs", "0"),
+                (f"{base}/_rktd-stage1/cgroup.procs", "0"),
                 (f"{base}/cgroup.subtree_control", " ".join(f"+{c}" for c in controllers)),
                 *((f"{base}/{app['name']}/{key}", value) for key, value in limits.items()),
             ):
