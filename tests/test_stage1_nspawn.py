@@ -12,6 +12,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,18 +98,23 @@ class Rktd:
         raise AssertionError("pod did not start")
 
     def wait_output(self, proc: subprocess.Popen[str], text: str, timeout: float = 20) -> str:
-        """Read proc's stdout until a line contains `text`."""
+        """Read proc's stdout until a line contains `text`. A line that never comes would block
+        readline() for ever: past `timeout` the process is killed, which ends the read."""
         assert proc.stdout is not None
-        deadline = time.monotonic() + timeout
+        watchdog = threading.Timer(timeout, proc.kill)
+        watchdog.start()
         seen = ""
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            seen += line
-            if text in line:
-                return seen
-            if not line and proc.poll() is not None:
-                break
-        raise AssertionError(f"{text!r} not in output: {seen!r}")
+        try:
+            while True:
+                line = proc.stdout.readline()
+                seen += line
+                if text in line:
+                    return seen
+                if not line:
+                    break
+        finally:
+            watchdog.cancel()
+        raise AssertionError(f"{text!r} not in output (within {timeout} s): {seen!r}")
 
 
 @pytest.fixture(scope="session")
