@@ -215,7 +215,11 @@ def set_exec_labels(spec: dict[str, Any]) -> None:
     profile = spec.get("apparmor_profile")
     if profile:
         path = "/proc/self/attr/apparmor/exec"
-        _write(path if os.path.exists(path) else "/proc/self/attr/exec", f"exec {profile}")
+        try:
+            _write(path if os.path.exists(path) else "/proc/self/attr/exec", f"exec {profile}")
+        except OSError as e:  # the app never runs unconfined: the caller fails before the exec
+            why = " (no such profile is loaded: see aa-status)" if e.errno == errno.ENOENT else ""
+            raise OSError(e.errno, f"os/linux/apparmor-profile {profile}: {e.strerror}{why}") from None
     context = spec.get("selinux_context")
     if context:
         _write("/proc/self/attr/exec", context)

@@ -6,6 +6,9 @@
 - `images`: and the busybox test images fetched into its store (`example.com/busybox`, and
   `example.com/busybox-usr` for apps that mount the machine's /usr to run python3).
 - `pods`: per test, a `Pods` helper (pods.py) that writes manifests and removes them afterwards.
+- `vm`: a qemu VM (machine.VirtualMachine: the same root plus Debian's kernel, for what a container
+  cannot show: a pure cgroup v2 host, AppArmor) with the package installed and the busybox image
+  fetched; booted once per session (~30 s under TCG) and shared by the modules that use it.
 
 The machine is shared by the whole session; tests leave it as they found it. It is torn down at the
 end, and the teardown fails the run if anything stays mounted.
@@ -22,7 +25,16 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.aci import make_busybox_aci
-from tests.integration.machine import Machine, build_deb, build_root, sweep_stale
+from tests.integration.machine import (
+    Machine,
+    VirtualMachine,
+    build_deb,
+    build_root,
+    build_vm_image,
+    sweep_stale,
+    sweep_stale_vms,
+    vm_unavailable,
+)
 from tests.integration.pods import IMAGE, Pods, usr_image
 
 
@@ -89,3 +101,27 @@ def pods(images: Machine) -> Iterator[Pods]:
         yield p
     finally:
         p.cleanup()
+
+
+@pytest.fixture(scope="session")
+def vm(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtualMachine]:
+    """A booted VM with the package installed and the busybox image fetched, for the whole session:
+    tests leave it as they found it (pods stopped, profiles unloaded)."""
+    why = vm_unavailable()
+    if why:
+        pytest.skip(why)
+    for tool in ("debootstrap", "mkfs.ext4"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (scripts/install-deps installs it)")
+    sweep_stale_vms()
+    m = VirtualMachine(*build_vm_image())
+    try:
+        m.boot(timeout=300)
+        m.copy_in(deb, f"/root/{deb.name}")
+        m.run(["dpkg", "-i", f"/root/{deb.name}"], timeout=120)
+        aci = make_busybox_aci(tmp_path_factory.mktemp("vm-aci") / "busybox.aci", IMAGE)
+        m.copy_in(aci, f"/root/{aci.name}")
+        m.run(["rktd", "--insecure-options=image", "fetch", f"/root/{aci.name}"])
+        yield m
+    finally:
+        m.destroy()

@@ -489,7 +489,9 @@ def booted(timeout: float = BOOT_TIMEOUT) -> Iterator[Machine]:
 # use it as they use `Machine` (`run`, `sh`, `write`, `copy_in`, `journal`). No network: the VM has
 # loopback only. Its root is a snapshot of the cached image (qemu discards the writes).
 
-VM_PACKAGES = ("initramfs-tools", "kmod", "linux-image-amd64", "udev")
+# apparmor: its userspace (apparmor_parser), so tests can load profiles of their own into the VM's
+# kernel (Debian's kernel enables the AppArmor LSM by default; the container shares the host's kernel).
+VM_PACKAGES = ("apparmor", "initramfs-tools", "kmod", "linux-image-amd64", "udev")
 VM_SETUP_VERSION = "1"
 VM_MEMORY_MB = 2048
 AGENT_PORT = "org.rktd.agent"
