@@ -1,6 +1,6 @@
-"""The pod's init in C (stage1-init/rktd-init.c): its config parser fed bad and random configs straight,
-and real nspawn pods showing what only it decides (the process tree, sd_notify gating, the API file
-systems under --insecure-options=paths)."""
+"""The pod's init in C (stage1-init/, its map at the top of rktd-init.c): its config parser fed bad and
+random configs straight, and real nspawn pods showing what only it decides (the process tree, sd_notify
+gating, the API file systems under --insecure-options=paths)."""
 
 from __future__ import annotations
 
@@ -168,19 +168,32 @@ def test_mutated_configs_never_crash_the_parser(init: str, tmp_path: Path, data:
 
 def test_the_default_capabilities_agree() -> None:
     """The C init's default app set is DEFAULT_APP_CAPS (which enter and the stage1 checks use)."""
-    source = (ROOT / "stage1-init" / "rktd-init.c").read_text()
+    source = (ROOT / "stage1-init" / "confine.c").read_text()
     block = source.split("DEFAULT_APP_CAPS[] = {", 1)[1].split("};", 1)[0]
     assert sorted(c.strip().strip('"') for c in block.split(",") if c.strip()) == sorted(DEFAULT_APP_CAPS)
 
 
 def test_the_development_build_is_not_stale(init: str) -> None:
     """Tests run the C init found as stage1 finds it: a source-tree build older than its source would
-    test yesterday's init (rebuild: meson compile -C build/meson rktd-init)."""
-    source = ROOT / "stage1-init" / "rktd-init.c"
+    test yesterday's init (rebuild: meson compile -C build/meson rktd-init). Every source counts: each
+    .c file and the header they share."""
+    sources = sorted((ROOT / "stage1-init").glob("*.[ch]"))
+    assert ROOT / "stage1-init" / "rktd-init.h" in sources and len(sources) > 2
     if Path(init).resolve() == (ROOT / "build" / "meson" / "rktd-init").resolve():
-        assert os.stat(init).st_mtime >= source.stat().st_mtime, (
-            "stale: meson compile -C build/meson rktd-init"
+        newest = max(sources, key=lambda p: p.stat().st_mtime)
+        assert os.stat(init).st_mtime >= newest.stat().st_mtime, (
+            f"stale: {newest.relative_to(ROOT)} is newer: meson compile -C build/meson rktd-init"
         )
+
+
+def test_meson_builds_every_source_of_the_init() -> None:
+    """The executable's sources in meson.build are the .c files in stage1-init/: one left out would make
+    a link error in the packages only, or the staleness check above watch a file that is not built."""
+    build = (ROOT / "meson.build").read_text()
+    block = build.split("executable(\n  'rktd-init',", 1)[1].split("dependencies:", 1)[0]
+    listed = sorted(line.strip().strip("',") for line in block.splitlines() if ".c'" in line)
+    on_disk = sorted(f"stage1-init/{p.name}" for p in (ROOT / "stage1-init").glob("*.c"))
+    assert "stage1-init/rktd-init.c" in listed and listed == on_disk
 
 
 def test_a_missing_init_is_reported_with_how_to_build_it(

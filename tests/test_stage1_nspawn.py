@@ -613,6 +613,10 @@ def test_enter_a_running_app(rktd: Rktd, flavour: str, tmp_path: Path) -> None:
         assert lines[0] == "inside"  # the app's own rootfs (its overlay), not the host's /tmp
         if flavour == "nspawn":
             assert lines[1].startswith("/rktd/init\0")  # the pod's pid namespace: PID 1 is rktd-init
+        missing = rktd("enter", uuid, "/no/such/tool")
+        assert missing.returncode == 127
+        want = "rktd: enter: /no/such/tool: No such file or directory"
+        assert missing.stderr.strip() == want, missing.stderr
     finally:
         assert rktd("stop", uuid).returncode == 0
         proc.communicate(timeout=30)

@@ -113,7 +113,10 @@ def enter_app(pid: int, cfg: dict[str, Any], spec: dict[str, Any], rootfs: str, 
                 pivot=not fly,
             )
         except BaseException as e:
-            os.write(2, f"rktd: enter: {argv[0]}: {e}\n".encode(errors="replace"))
+            why: object = e
+            if isinstance(e, OSError):  # "[Errno 2] ..." is Python's, not the operator's wording
+                why = e.strerror if e.filename in (None, argv[0]) else f"{e.strerror}: {e.filename}"
+            os.write(2, f"rktd: enter: {argv[0]}: {why}\n".encode(errors="replace"))
         os._exit(127)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is the command's (in the same terminal)
     signal.signal(signal.SIGQUIT, signal.SIG_IGN)

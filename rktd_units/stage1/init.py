@@ -3,8 +3,9 @@
 turns a forked process into an app (fly's app, `rktd enter`'s command).
 
 The pod's init inside systemd-nspawn (PID 1 of the pod) is not Python: it is `rktd-init`
-(stage1-init/rktd-init.c), which applies the same sets and isolators to each app of an nspawn pod;
-DEFAULT_APP_CAPS here and its default set must agree (tests/test_stage1_init_c.py checks).
+(stage1-init/), which applies the same sets and isolators to each app of an nspawn pod;
+DEFAULT_APP_CAPS here and its default set (stage1-init/confine.c) must agree
+(tests/test_stage1_init_c.py checks).
 Pure standard library, no rktd_units imports, and nothing imported at module level that the run
 path does not need.
 """

@@ -1,6 +1,6 @@
 """stage1 nspawn: the pod as a systemd-nspawn container running rktd's init.
 
-The init is `rktd-init` (stage1-init/rktd-init.c, a small C program: no second interpreter on each
+The init is `rktd-init` (stage1-init/, a small C program: no second interpreter on each
 pod start, a few hundred KiB per idle pod). The stage1 root is `<pod>/stage1/rootfs`: the host's
 /usr (read-only: the init's libc and libseccomp), at /rktd the init binary (a read-only bind of the
 host's), its config `init.cfg` (read-only) and the per-app exit statuses (not the pod directory:
@@ -9,7 +9,7 @@ what the host trusts later stays out of the container's reach), each app's rootf
 that this process enters before it `exec`s systemd-nspawn, so the mounts end with the pod.
 
 `init.cfg` is stage1.json's pod reduced to what the init uses, as `key\\0value\\0` records (the format
-is documented at the top of rktd-init.c; `init_config` writes it).
+is documented at the top of stage1-init/config.c; `init_config` writes it).
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def _flag(value: object) -> str:
 
 
 def init_config(cfg: dict[str, Any]) -> bytes:
-    """The init's config (format: rktd-init.c): `key\\0value\\0` records, one section per app."""
+    """The init's config (format: stage1-init/config.c): `key\\0value\\0` records, one section per app."""
     out = bytearray()
     _record(out, "rktd-init-config", "1", "pod")
     _record(out, "uuid", cfg["uuid"], "pod")

@@ -268,9 +268,4 @@ def test_a_profile_not_loaded_fails_the_pod_before_the_app_runs(pods: Pods, stag
     message = (
         "os/linux/apparmor-profile rktd-not-loaded: No such file or directory (no such profile is loaded"
     )
-    if stage1 == "nspawn" and message not in journal:
-        # rktd-init names the attr file, not the isolator: "/proc/self/attr/apparmor/exec: No such file
-        # or directory" (stage1-init/rktd-init.c set_exec_labels; the change is in H7's report)
-        assert "/proc/self/attr/apparmor/exec: No such file or directory" in journal, journal
-        pytest.xfail("rktd-init's message names /proc/self/attr/apparmor/exec, not the isolator")
     assert message in journal, journal
