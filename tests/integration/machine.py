@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 SUITE = "bookworm"
@@ -221,7 +221,43 @@ def sweep_stale(min_age: float = 600.0) -> list[Path]:
     return swept
 
 
-class Machine:
+class _Guest:
+    """What Machine and VirtualMachine share on top of their own `run()` and `console` file."""
+
+    console: Path
+    run: Callable[..., subprocess.CompletedProcess[str]]  # each runs commands its own way
+
+    def sh(self, script: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return self.run(["sh", "-ec", script], **kwargs)
+
+    def journal(self, unit: str | None = None, *args: str) -> str:
+        """Journal lines of this boot (of one unit when given), as `short` output with identifiers."""
+        argv = ["journalctl", "--no-pager", "-b", "-o", "short", *args]
+        if unit:
+            argv += ["-u", unit]
+        return self.run(argv, check=False).stdout
+
+    def console_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.console.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "--- console\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def _die_with_parent(sig: int) -> Callable[[], None]:
+    """A preexec_fn: the child gets `sig` when the test process dies."""
+
+    def preexec() -> None:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, sig, 0, 0, 0)
+
+    return preexec
+
+
+class Machine(_Guest):
     """One booted machine: an overlay over the cached root, systemd-nspawn -b, commands via nsenter."""
 
     def __init__(self, base: Path, *, name: str | None = None) -> None:
@@ -274,7 +310,7 @@ class Machine:
             stderr=subprocess.STDOUT,
             env={"PATH": PATH, "SYSTEMD_LOG_LEVEL": "info"},
             start_new_session=True,
-            preexec_fn=_terminate_with_parent,
+            preexec_fn=_die_with_parent(signal.SIGTERM),  # a clean poweroff
         )
         console.close()
         self.boots += 1
@@ -394,9 +430,6 @@ class Machine:
             )
         return proc
 
-    def sh(self, script: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return self.run(["sh", "-ec", script], **kwargs)  # type: ignore[arg-type]
-
     def path(self, inside: str) -> Path:
         """The host path of a path inside the machine (through the overlay, not following its symlinks)."""
         return self.root / inside.lstrip("/")
@@ -415,28 +448,6 @@ class Machine:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
         target.chmod(mode)
-
-    def journal(self, unit: str | None = None, *args: str) -> str:
-        """Journal lines of this boot (of one unit when given), as `short` output with identifiers."""
-        argv = ["journalctl", "--no-pager", "-b", "-o", "short", *args]
-        if unit:
-            argv += ["-u", unit]
-        return self.run(argv, check=False).stdout
-
-    def console_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.console.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "--- console\n" + "\n".join(text.splitlines()[-lines:])
-
-
-def _terminate_with_parent() -> None:
-    """In the child: SIGTERM (a clean poweroff of the machine) when the test process dies."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
 
 def _status_field(pid: int, name: str) -> str | None:
@@ -664,7 +675,7 @@ def build_vm_image(*, force: bool = False) -> tuple[Path, Path, Path]:
         return parts
 
 
-class VirtualMachine:
+class VirtualMachine(_Guest):
     """One Debian VM under qemu/KVM, its root a throwaway snapshot of the cached image, driven by the
     agent. Same command interface as `Machine`."""
 
@@ -713,7 +724,7 @@ class VirtualMachine:
             stderr=log,
             env={"PATH": PATH, "TMPDIR": str(self.tmp)},
             start_new_session=True,
-            preexec_fn=_kill_with_parent,
+            preexec_fn=_die_with_parent(signal.SIGKILL),  # a VM holds nothing of the host's
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -783,9 +794,6 @@ class VirtualMachine:
             )
         return subprocess.CompletedProcess(list(argv), rc, out, err)
 
-    def sh(self, script: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return self.run(["sh", "-ec", script], **kwargs)  # type: ignore[arg-type]
-
     def write_bytes(self, dst: str, data: bytes, mode: int = 0o644) -> None:
         answer = self._request({"write": dst, "data": base64.b64encode(data).decode(), "mode": mode}, 60.0)
         assert answer["rc"] == 0, answer
@@ -795,12 +803,6 @@ class VirtualMachine:
 
     def copy_in(self, src: str | os.PathLike[str], dst: str) -> None:
         self.write_bytes(dst, Path(src).read_bytes(), Path(src).stat().st_mode & 0o7777)
-
-    def journal(self, unit: str | None = None, *args: str) -> str:
-        argv = ["journalctl", "--no-pager", "-b", "-o", "short", *args]
-        if unit:
-            argv += ["-u", unit]
-        return self.run(argv, check=False).stdout
 
     def shutdown(self, timeout: float = 60.0) -> None:
         """Power off through systemd; SIGKILL qemu if it takes too long."""
@@ -829,21 +831,6 @@ class VirtualMachine:
             self.shutdown()
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def console_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.console.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "--- console\n" + "\n".join(text.splitlines()[-lines:])
-
-
-def _kill_with_parent() -> None:
-    """In qemu: SIGKILL when the test process dies (a VM holds nothing of the host's to clean up)."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
 
 def sweep_stale_vms(min_age: float = 600.0) -> list[Path]:
