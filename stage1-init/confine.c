@@ -247,7 +247,13 @@ static _Noreturn PRINTF(1, 2) void child_fail(const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    dprintf(2, "rktd-init: %s: %s: %s\n", child_app->name, child_argv0, msg);
+    char line[3072];
+    int n = snprintf(line, sizeof line, "rktd-init: %s: %s: %s", child_app->name, child_argv0, msg);
+    size_t len = n < 0 ? 0 : (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
+    for (size_t i = 0; i < len; i++) /* one line, whatever the argument held (a newline, an escape) */
+        if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
+            line[i] = '?';
+    dprintf(2, "%.*s\n", (int)len, line);
     _exit(127);
 }
 

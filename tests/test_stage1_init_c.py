@@ -437,6 +437,12 @@ def test_exec_searches_the_apps_path_and_reports_a_missing_program(rktd: Rktd) -
     assert "rktd-init: busybox: /nonexistent: exec /nonexistent: No such file or directory" in missing.stderr
     unset = rktd("run", "--net=host", "--set-env=PATH=/nowhere", IMG, "--exec=sh")
     assert unset.returncode == 127 and "exec sh: No such file or directory" in unset.stderr, unset.stderr
+    # A newline (or escape) in the program's name cannot split or colour the init's one-line error.
+    odd = rktd("run", "--net=host", IMG, "--exec=/no\nsuch\x1b[31m")
+    assert odd.returncode == 127, odd.stderr
+    lines = [line for line in odd.stderr.splitlines() if "No such file" in line]
+    want = "rktd-init: busybox: /no?such?[31m: exec /no?such?[31m: No such file or directory"
+    assert lines == [f"app[busybox]: {want}"], odd.stderr
 
 
 # -- hostile apps: what they send the init, and what they leave behind ------------------------------
