@@ -4,12 +4,13 @@ import profile (`-X importtime`) of the generator.
 
     .venv/bin/python3 bench/bench_generator.py [--python /usr/bin/python3] [--repeat 15]
 
-The generator starts as generators/rktd-generator does (`python3 -I`, cyclic GC off, os._exit
-after main), the package importable by a sys.path entry for the source tree (as dist-packages
-would be), manifests on disk, output into a tmpfs directory (/dev/shm; systemd's generator
-directories are under /run). Wall and CPU (user+system from wait4) times are medians; CPU time is
-the steadier one when other jobs share the machine. Targets (issue #3): 100 manifests
-within 3x the bare start; at most 1 ms per manifest at 1000.
+The generator starts as the installed generator does (`python3 -IS`: scripts/rktd-launcher writes
+site's directories into it; cyclic GC off, os._exit after main), the package importable by a
+sys.path entry for the source tree (as dist-packages would be), manifests on disk, output into a
+tmpfs directory (/dev/shm; systemd's generator directories are under /run). Wall and CPU
+(user+system from wait4) times are medians; CPU time is the steadier one when other jobs share the
+machine. Targets (issue #3): 100 manifests within 3x the bare start; at most 1 ms per manifest at
+1000.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def timed(argv: list[str], env: dict[str, str], repeat: int, before: object = No
 
 def import_profile(python: str, env: dict[str, str], out: Path, runs: int = 7) -> list[tuple[int, int, str]]:
     """`-X importtime` of the generator with one manifest: per module, the minimum over `runs`."""
-    argv = [python, "-I", "-X", "importtime", "-c", LAUNCH.format(root=str(ROOT)), str(out)]
+    argv = [python, "-IS", "-X", "importtime", "-c", LAUNCH.format(root=str(ROOT)), str(out)]
     best: dict[str, tuple[int, int]] = {}
     for _ in range(runs):
         shutil.rmtree(out, ignore_errors=True)
@@ -163,7 +164,7 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)  # systemd hands generators empty directories
                 out.mkdir()
 
-            argv = [args.python, "-I", "-c", LAUNCH.format(root=str(ROOT)), str(out)]
+            argv = [args.python, "-IS", "-c", LAUNCH.format(root=str(ROOT)), str(out)]
             wall, cpu = timed(argv, env, args.repeat, clean)
             results[n] = (wall, cpu)
             print(
@@ -179,7 +180,7 @@ def main() -> None:
             env = {**base_env, "RKTD_PODS_PATH": str(work / "pods1000")}
             shutil.rmtree(outdir / "out1000", ignore_errors=True)
             code = BREAKDOWN.format(root=str(ROOT))
-            subprocess.run([args.python, "-I", "-c", code, str(outdir / "out1000")], env=env, check=True)
+            subprocess.run([args.python, "-IS", "-c", code, str(outdir / "out1000")], env=env, check=True)
         env = {**base_env, "RKTD_PODS_PATH": str(work / "pods1")}
         rows = import_profile(args.python, env, outdir / "imports")
         bare_run = subprocess.run(

@@ -107,9 +107,14 @@ def test_meson_installs_everything(destdir: Path) -> None:
     assert (destdir / "usr/bin/rktd").read_text().startswith("#!/usr/bin/python3")
     # The kernel passes everything after the interpreter on a #! line as ONE argument ("-I -S" would
     # reach python3 as a single, unknown option): run the launcher's line that way.
-    interpreter, _, flags = (destdir / "usr/bin/rktd").read_text().splitlines()[0][2:].partition(" ")
-    flags_run = sh([interpreter, flags, "-c", "import sys; print(sys.flags.isolated, sys.flags.no_site)"])
-    assert flags_run.stdout.split() == ["1", "1"]
+    for launcher in (destdir / "usr/bin/rktd", destdir / gendir.lstrip("/") / "rktd-generator"):
+        interpreter, _, flags = launcher.read_text().splitlines()[0][2:].partition(" ")
+        probe = "import sys; print(sys.flags.isolated, sys.flags.no_site)"
+        flags_run = sh([interpreter, flags, "-c", probe])
+        assert flags_run.stdout.split() == ["1", "1"], launcher
+    # The installed generator is the source's, below the launcher's lines.
+    installed_generator = (destdir / gendir.lstrip("/") / "rktd-generator").read_text()
+    assert installed_generator.endswith((ROOT / "generators/rktd-generator").read_text().partition("\n")[2])
     check_init(destdir / INIT, hardened=False)
     assert (destdir / unitdir.lstrip("/") / "pod@.service").read_text() == (
         ROOT / "templates/pod@.service"
