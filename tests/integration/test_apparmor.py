@@ -259,8 +259,15 @@ def test_a_profile_not_loaded_fails_the_pod_before_the_app_runs(pods: Pods, stag
     name = f"aamissing-{stage1}"
     unit = f"pod@{name}.service"
     state = run_unit(pods, name, probe("a", **apparmor("rktd-not-loaded")), stage1=stage1)
-    wait_for(lambda: "No such file or directory" in pods.m.journal(unit), timeout=30)
-    journal = pods.m.journal(unit)
+
+    def journal_of_pod() -> str:
+        # The unit's lines, and the init's native entries for the pod by its own field: journald
+        # attributes a datagram to a unit by reading /proc/PID of its sender, which a pod failing
+        # within milliseconds may have left already (seen once under TCG), so `-u` can miss them.
+        return pods.m.journal(unit) + pods.m.journal(None, f"RKTD_POD={name}")
+
+    wait_for(lambda: "No such file or directory" in journal_of_pod(), timeout=30)
+    journal = journal_of_pod()
     assert state == "failed", pods.status(unit)
     # the app never ran, confined or not: the init (nspawn) or stage1 (fly) failed before its exec
     assert "write=" not in journal and "unconfined" not in journal, journal
