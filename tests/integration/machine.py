@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 SUITE = "bookworm"
@@ -119,6 +119,26 @@ def _setup_root(root: Path) -> None:
     (bb / "etc/os-release").symlink_to("../usr/lib/os-release")
 
 
+def _debootstrap(tree: Path, packages: Iterable[str]) -> None:
+    """A Debian root at `tree` with `packages`, without the package cache (dead weight in every copy)."""
+    argv = [
+        "debootstrap",
+        f"--variant={VARIANT}",
+        f"--include={','.join(sorted(packages))}",
+        "--components=main",
+        SUITE,
+        str(tree),
+        MIRROR,
+    ]
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if proc.returncode != 0:
+        log = tree / "debootstrap/debootstrap.log"
+        detail = log.read_text()[-3000:] if log.exists() else proc.stderr[-3000:]
+        raise RuntimeError(f"debootstrap failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{detail}")
+    for deb in (tree / "var/cache/apt/archives").glob("*.deb"):
+        deb.unlink()
+
+
 def build_root(*, force: bool = False) -> Path:
     """Return the cached root for the current package list, building it with debootstrap if needed."""
     cache = cache_dir()
@@ -134,23 +154,7 @@ def build_root(*, force: bool = False) -> Path:
         for stale in (tmp, root):
             if stale.exists():
                 shutil.rmtree(stale)
-        argv = [
-            "debootstrap",
-            f"--variant={VARIANT}",
-            f"--include={','.join(sorted(PACKAGES))}",
-            "--components=main",
-            SUITE,
-            str(tmp),
-            MIRROR,
-        ]
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        if proc.returncode != 0:
-            log = tmp / "debootstrap/debootstrap.log"
-            detail = log.read_text()[-3000:] if log.exists() else proc.stderr[-3000:]
-            raise RuntimeError(f"debootstrap failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{detail}")
-        # The package cache is only dead weight in every copy.
-        for deb in (tmp / "var/cache/apt/archives").glob("*.deb"):
-            deb.unlink()
+        _debootstrap(tmp, PACKAGES)
         _setup_root(tmp)
         tmp.rename(root)
         (cache / f"root-{key}.done").write_text(" ".join(sorted(PACKAGES)) + "\n")
@@ -622,22 +626,7 @@ def build_vm_image(*, force: bool = False) -> tuple[Path, Path, Path]:
                 shutil.rmtree(stale)
         tree = tmp / "tree"
         tmp.mkdir()
-        argv = [
-            "debootstrap",
-            f"--variant={VARIANT}",
-            f"--include={','.join(sorted({*PACKAGES, *VM_PACKAGES}))}",
-            "--components=main",
-            SUITE,
-            str(tree),
-            MIRROR,
-        ]
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        if proc.returncode != 0:
-            log = tree / "debootstrap/debootstrap.log"
-            detail = log.read_text()[-3000:] if log.exists() else proc.stderr[-3000:]
-            raise RuntimeError(f"debootstrap failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{detail}")
-        for deb in (tree / "var/cache/apt/archives").glob("*.deb"):
-            deb.unlink()
+        _debootstrap(tree, {*PACKAGES, *VM_PACKAGES})
         _setup_vm_root(tree)
         (kernel,) = sorted((tree / "boot").glob("vmlinuz-*"))
         (initrd,) = sorted((tree / "boot").glob("initrd.img-*"))
