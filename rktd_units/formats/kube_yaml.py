@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from rktd_units.errors import ManifestError
+from rktd_units.formats.schema import describe
 
 MAX_BYTES = 1 << 20  # a pod manifest is a few KiB; more is a mistake or an attack
 MAX_NODES = 50_000  # YAML nodes after expanding aliases
@@ -141,20 +142,13 @@ def parse_yaml(data: bytes) -> object:
 
 
 def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
+    """schema.describe() for what JSON also has, in YAML's words for the rest."""
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, datetime.date):
         return "a date"
+    if value is None or isinstance(value, bool | int | float | str | list):
+        return describe(value)
     return f"a YAML {type(value).__name__}"
 
 
