@@ -47,32 +47,7 @@ def test_fly_rejects_private_networks(rktd: Rktd) -> None:
 
 
 def test_fly_pod_manifest_with_pre_start(rktd: Rktd, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    manifest = {
-        "acKind": "PodManifest",
-        "acVersion": "0.8.11",
-        "apps": [
-            {
-                "name": "tool",
-                "image": {"name": IMG},
-                "app": {
-                    "exec": ["/bin/sh", "-c", "cat /out/pre; id -u > /out/uid"],
-                    "user": "5",
-                    "group": "5",
-                    "eventHandlers": [
-                        {"name": "pre-start", "exec": ["/bin/sh", "-c", "echo pre > /out/pre"]}
-                    ],
-                },
-                "mounts": [{"volume": "out", "path": "/out"}],
-            }
-        ],
-        "volumes": [{"name": "out", "kind": "host", "source": str(out)}],
-        "annotations": [{"name": "rktd/stage1", "value": "fly"}],
-    }
-    os.chmod(out, 0o777)
-    path = tmp_path / "tool.json"
-    path.write_text(json.dumps(manifest))
+    path, out = _fly_pod(tmp_path, "cat /out/pre; id -u > /out/uid", {"pre-start": "echo pre > /out/pre"})
     proc = rktd("run", f"--pod-manifest={path}")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "pre\n"
@@ -135,9 +110,9 @@ def test_fly_tells_a_notify_unit_it_is_ready(rktd: Rktd, tmp_path: Path) -> None
 # -- post-stop handlers: only then does fly keep a process behind the app ----------------------------
 
 
-def _post_stop_pod(tmp_path: Path, script: str, post: str, **annotations: str) -> tuple[Path, Path]:
+def _fly_pod(tmp_path: Path, script: str, handlers: dict[str, str], **annotations: str) -> tuple[Path, Path]:
     """A fly pod manifest: one app running `script` as uid 5 with a host volume at /out (world
-    writable), and a post-stop handler running `post`; returns (manifest, the volume's host dir)."""
+    writable), and event handlers (event name: script); returns (manifest, the volume's host dir)."""
     out = tmp_path / "out"
     out.mkdir()
     os.chmod(out, 0o777)
@@ -152,7 +127,9 @@ def _post_stop_pod(tmp_path: Path, script: str, post: str, **annotations: str) -
                     "exec": ["/bin/sh", "-c", script],
                     "user": "5",
                     "group": "5",
-                    "eventHandlers": [{"name": "post-stop", "exec": ["/bin/sh", "-c", post]}],
+                    "eventHandlers": [
+                        {"name": event, "exec": ["/bin/sh", "-c", cmd]} for event, cmd in handlers.items()
+                    ],
                 },
                 "mounts": [{"volume": "out", "path": "/out"}],
             }
@@ -163,6 +140,10 @@ def _post_stop_pod(tmp_path: Path, script: str, post: str, **annotations: str) -
     path = tmp_path / "tool.json"
     path.write_text(json.dumps(manifest))
     return path, out
+
+
+def _post_stop_pod(tmp_path: Path, script: str, post: str, **annotations: str) -> tuple[Path, Path]:
+    return _fly_pod(tmp_path, script, {"post-stop": post}, **annotations)
 
 
 # What the handler records: that the app's file was there before it ran, its uid, and its root (the
