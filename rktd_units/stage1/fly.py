@@ -23,13 +23,12 @@ from pathlib import Path
 from rktd_units.errors import PodError
 from rktd_units.stage1 import STAGE2, assign_listen_fds, mount_app, setup_cgroups, write_private
 from rktd_units.stage1.init import (
-    PR_SET_PDEATHSIG,
     become,
     bind,
+    die_with,
     ensure_mountpoint,
     exit_status,
     in_root,
-    prctl,
     sd_notify,
     unshare_mounts,
 )
@@ -74,11 +73,7 @@ def _fork_as_app(
     if pid:
         return pid
     try:
-        # Dies with this process (stage1 SIGKILLed), as nspawn pods do with theirs. The kernel keeps
-        # the setting over exec, but forgets it when become() changes the uid or gid.
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:
-            os._exit(128 + signal.SIGKILL)
+        die_with(parent)  # with stage1 (SIGKILLed), as nspawn pods with theirs; become() renews it
         _reset_signals()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, WAITED)
         # fly is for host tools: without a retain set the app keeps every capability (rkt fly did too)

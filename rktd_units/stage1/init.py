@@ -106,6 +106,14 @@ def prctl(option: int, arg: int) -> None:
     _check(libc().prctl(option, ctypes.c_ulong(arg), 0, 0, 0), f"prctl({option})")
 
 
+def die_with(parent: int) -> None:
+    """SIGKILL this (forked) process when `parent` dies; exit at once if it already has. The kernel
+    keeps the setting over exec but clears it when the uid or gid changes: set it again after."""
+    prctl(PR_SET_PDEATHSIG, 9)  # SIGKILL
+    if os.getppid() != parent:
+        os._exit(128 + 9)
+
+
 def app_caps(retain: list[str] | None, remove: list[str], default: list[str] | None) -> set[int]:
     """The capability numbers an app keeps: `retain` (else `default`, else all), less `remove`."""
     names = retain if retain is not None else default if default is not None else CAPABILITIES
@@ -343,9 +351,7 @@ def become(
     os.setgid(spec["gid"])
     os.setuid(spec["uid"])
     if parent:
-        prctl(PR_SET_PDEATHSIG, 9)  # SIGKILL
-        if os.getppid() != parent:  # it died before
-            os._exit(128 + 9)
+        die_with(parent)
     drop_caps(keep)
     if filt is not None:
         seccomp_load(*filt)
