@@ -359,15 +359,11 @@ static void restrict_caps(uint64_t keep) {
             child_fail("prctl(%d): %s", PR_CAPBSET_DROP, strerror(errno));
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
         child_fail("prctl(PR_CAP_AMBIENT_CLEAR_ALL): %s", strerror(errno));
-    /* The inheritable set is emptied: with it, a non-root app could gain the capabilities a file
-     * grants as inheritable (CVE-2022-24769; runc and moby empty it too). Root keeps the bounding set. */
-    uint64_t eff, perm, inh;
-    if (capget3(&eff, &perm, &inh) < 0)
-        child_fail("capget: %s", strerror(errno));
-    if (capset3(eff, perm, 0) < 0)
-        child_fail("capset: %s", strerror(errno));
 }
 
+/* After setuid: effective and permitted down to `keep`, and the inheritable set emptied: with it, a
+ * non-root app could gain the capabilities a file grants as inheritable (CVE-2022-24769; runc and
+ * moby empty it too). Root keeps the bounding set. */
 static void drop_caps(uint64_t keep) {
     uint64_t eff, perm, inh;
     if (capget3(&eff, &perm, &inh) < 0)
@@ -404,17 +400,22 @@ static _Noreturn void exec_app(char **argv, struct strv *env) {
     child_fail("exec %s: %s", file, strerror(saved ? saved : last));
 }
 
+/* The directory (plus `suffix`) of the app's i-th cgroup: its path under the v2 root for "unified",
+ * else under the v1 controller's mount at /cgroup/<controller>. */
+void app_cgroup(char *buf, size_t len, const struct app *a, size_t i, const char *suffix) {
+    const char *ctl = a->cg_controllers.v[i];
+    if (!strcmp(ctl, "unified"))
+        snprintf(buf, len, "%s/%s%s", V2_ROOT, a->cg_paths.v[i], suffix);
+    else
+        snprintf(buf, len, "/cgroup/%s/%s%s", ctl, a->cg_paths.v[i], suffix);
+}
+
 /* The app's cgroups (or the handler's: the same), joined before anything else. */
 static void join_cgroups(const struct app *a) {
-    char buf[PATH_MAX];
+    char buf[PATH_MAX], pid[16];
+    snprintf(pid, sizeof pid, "%d", (int)getpid());
     for (size_t i = 0; i < a->cg_controllers.n; i++) {
-        const char *ctl = a->cg_controllers.v[i];
-        if (!strcmp(ctl, "unified"))
-            snprintf(buf, sizeof buf, "%s/%s/cgroup.procs", V2_ROOT, a->cg_paths.v[i]);
-        else
-            snprintf(buf, sizeof buf, "/cgroup/%s/%s/cgroup.procs", ctl, a->cg_paths.v[i]);
-        char pid[16];
-        snprintf(pid, sizeof pid, "%d", (int)getpid());
+        app_cgroup(buf, sizeof buf, a, i, "/cgroup.procs");
         if (write_file(buf, pid) < 0)
             child_fail("%s: %s", buf, strerror(errno));
     }

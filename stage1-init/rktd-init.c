@@ -71,13 +71,17 @@ static int exit_status(int wstatus) {
     return WEXITSTATUS(wstatus);
 }
 
+/* `sig` to a child's process group (what it forked) and to the child itself. */
+static void kill_tree(pid_t pid, int sig) {
+    kill(-pid, sig);
+    kill(pid, sig);
+}
+
 static void signal_apps(int sig) {
     for (size_t i = 0; i < cfg.napps; i++) {
         struct app *a = &cfg.apps[i];
-        if (a->pid && a->status < 0) {
-            kill(-a->pid, sig);
-            kill(a->pid, sig);
-        }
+        if (a->pid && a->status < 0)
+            kill_tree(a->pid, sig);
     }
 }
 
@@ -141,6 +145,18 @@ static pid_t spawn(struct app *a, char **argv, bool main_process) {
     return pid;
 }
 
+/* The poll timeout of the pending SIGKILL, sent once it is due; -1: none. */
+static int kill_timeout(void) {
+    if (!kill_pending)
+        return -1;
+    double left = kill_at - now();
+    if (left > 0)
+        return poll_ms(left);
+    signal_apps(SIGKILL);
+    kill_pending = false;
+    return -1;
+}
+
 /* Wait for a handler while still hearing stop signals: once the pod stops, a pre-start handler gets
  * SIGTERM, and a handler still running when the stop timeout has passed is killed (one started after
  * the stop began, such as a post-stop handler, has a stop timeout of its own), so that no hanging
@@ -159,25 +175,15 @@ static int wait_handler(pid_t pid, bool pre_start, int *signalled) {
         if (got < 0 && errno != EINTR)
             return -1;
         if (stopping && pre_start && !termed) {
-            kill(-pid, SIGTERM);
-            kill(pid, SIGTERM);
+            kill_tree(pid, SIGTERM);
             termed = true;
         }
-        int timeout = -1;
+        int timeout = kill_timeout();
         double t = now();
-        if (kill_pending) {
-            if (kill_at <= t) {
-                signal_apps(SIGKILL);
-                kill_pending = false;
-            } else {
-                timeout = poll_ms(kill_at - t);
-            }
-        }
         if (stopping && !killed) {
             double deadline = kill_at - cfg.stop_timeout < started ? started + cfg.stop_timeout : kill_at;
             if (deadline <= t) {
-                kill(-pid, SIGKILL);
-                kill(pid, SIGKILL);
+                kill_tree(pid, SIGKILL);
                 killed = true;
             } else if (timeout < 0 || poll_ms(deadline - t) < timeout) {
                 timeout = poll_ms(deadline - t);
@@ -330,15 +336,11 @@ static void app_exited(struct app *a, int code) {
     a->status = code;
     snprintf(path, sizeof path, "/rktd/status/%s", a->name);
     snprintf(value, sizeof value, "%d\n", code);
-    if (mkdir_p("/rktd/status") < 0 || write_file(path, value) < 0)
+    if (write_file(path, value) < 0) /* stage1 binds the pod's status directory there */
         logmsg("cannot record the status of %s: %s", a->name, strerror(errno));
     run_handlers(a, &a->post_stop, "post_stop");
     for (size_t i = 0; i < a->cg_controllers.n; i++) {
-        const char *ctl = a->cg_controllers.v[i];
-        if (!strcmp(ctl, "unified"))
-            snprintf(path, sizeof path, "%s/%s", V2_ROOT, a->cg_paths.v[i]);
-        else
-            snprintf(path, sizeof path, "/cgroup/%s/%s", ctl, a->cg_paths.v[i]);
+        app_cgroup(path, sizeof path, a, i, "");
         rmdir(path); /* fails while processes the app left behind remain: gc removes it */
     }
     if (code != 0 && !stopping)
@@ -411,18 +413,6 @@ static int result(void) {
     return 0;
 }
 
-/* The poll timeout of the pending SIGKILL, sent once it is due; -1: none. */
-static int kill_timeout(void) {
-    if (!kill_pending)
-        return -1;
-    double left = kill_at - now();
-    if (left > 0)
-        return poll_ms(left);
-    signal_apps(SIGKILL);
-    kill_pending = false;
-    return -1;
-}
-
 /* The apps are gone: relay what their descendants still hold open until they are silent for half a
  * second, and for DRAIN_MAX seconds at most: one that keeps writing must not keep the pod (it dies with
  * this init, the pod's PID 1). The poll timeout; `cut`: less than half a second is left. */
@@ -476,7 +466,7 @@ static int loop(void) {
             timeout = drain_timeout(&drain_until, &cut);
         build_poll_set();
         int ready = poll(pfd, npfd, timeout);
-        if ((ready == 0 || (cut && now() >= drain_until)) && draining && !any_running()) {
+        if ((ready == 0 || (cut && now() >= drain_until)) && draining) {
             if (ready != 0 || cut)
                 logmsg("output still open %g s after the apps ended (processes they left): ending the pod",
                        DRAIN_MAX);

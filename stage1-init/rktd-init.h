@@ -79,6 +79,8 @@ void load_config(const char *path, struct config *c);
 
 /* /proc, /dev and /sys bound into the app's rootfs (/sys read-only unless `api_vfs_writable`). */
 void prepare_rootfs(const struct app *a, bool api_vfs_writable);
+/* The directory of the app's i-th cgroup, plus `suffix`. */
+void app_cgroup(char *buf, size_t len, const struct app *a, size_t i, const char *suffix);
 /* In the child of a fork: `argv` run as the app `a` (its main process, or one of its handlers) with
  * `out` as its stdout and stderr (-1: the init's own), the socket-activation `fds` passed. */
 _Noreturn void become(const struct config *c, const struct app *a, char **argv, const int out[2], int *fds,

@@ -141,9 +141,7 @@ def _capset(effective: int, permitted: int, inheritable: int) -> None:
 
 
 def restrict_caps(keep: set[int]) -> None:
-    """Shrink the bounding set to `keep`, clear the ambient set and empty the inheritable set: what
-    survives exec as root is the bounding set, and an inheritable set would let a non-root app gain
-    the capabilities a file grants as inheritable (CVE-2022-24769; runc and moby empty it too)."""
+    """Shrink the bounding set to `keep` (what survives exec as root) and clear the ambient set."""
     for cap in range(len(CAPABILITIES)):
         if cap in keep:
             continue
@@ -157,12 +155,12 @@ def restrict_caps(keep: set[int]) -> None:
     ret = libc().prctl(PR_CAP_AMBIENT, ctypes.c_ulong(PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0)
     if ret != 0 and ctypes.get_errno() != errno.EINVAL:  # EINVAL: a kernel without ambient caps
         _check(ret, "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
-    eff, perm, _ = _capget()
-    _capset(eff, perm, 0)
 
 
 def drop_caps(keep: set[int]) -> None:
-    """After setuid: effective and permitted down to `keep` (a uid other than 0 has none left)."""
+    """After setuid: effective and permitted down to `keep` (a uid other than 0 has none left), and
+    the inheritable set emptied: with it, a non-root app could gain the capabilities a file grants as
+    inheritable (CVE-2022-24769; runc and moby empty it too)."""
     eff, perm, _ = _capget()
     mask = sum(1 << c for c in keep)
     _capset(eff & mask, perm & mask, 0)
