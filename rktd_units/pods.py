@@ -225,8 +225,9 @@ class PodDir:
         """The pod's network interfaces as set up by CNI (none for host/none networks)."""
         if not (self.path / NETWORK_STATE).exists():
             return []
-        network = optional_module("rktd_units.network")
-        result = network.status(self.path) if network is not None else None
+        from rktd_units import network
+
+        result = network.status(self.path)
         if result is None:
             return []
         return [
@@ -410,19 +411,10 @@ def release_resources(pod: PodDir) -> None:
     """Undo what an abnormally ended stage1 may have left: mounts under the pod dir, CNI, cgroups."""
     _unmount_below(pod.path)
     if (pod.path / NETWORK_STATE).exists():
-        network = optional_module("rktd_units.network")
-        if network is not None:
-            network.teardown(pod.uuid, pod.path, local_config=Path("/etc/rktd"))
+        from rktd_units import network
+
+        network.teardown(pod.uuid, pod.path, local_config=Path("/etc/rktd"))
     remove_cgroups(pod.path)
-
-
-def optional_module(name: str) -> Any:
-    """A module written by another area that may not exist yet (network, fetch), or None."""
-    import importlib.util
-
-    if importlib.util.find_spec(name) is None:
-        return None
-    return importlib.import_module(name)
 
 
 def remove_cgroups(pod_path: Path) -> None:

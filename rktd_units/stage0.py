@@ -240,11 +240,7 @@ def _find_image(store: Any, ref: ImageRef, opts: RunOptions, *, fetch_plain: boo
             return found
         if opts.pull_policy == "never":
             raise ImageError(f"image {ref.name} is not in the store", hint="rktd fetch it, or allow pulling")
-    from rktd_units.pods import optional_module
-
-    fetch = optional_module("rktd_units.fetch")
-    if fetch is None:
-        raise ImageError(f"image {ref.name} is not in the store and fetching is not available")
+    from rktd_units import fetch
     from rktd_units.trust import KeyStore
 
     keys = KeyStore(opts.local_config, opts.system_config)
@@ -664,13 +660,8 @@ def _setup_network(pod_dir: PodDir, cfg: dict[str, Any], opts: RunOptions) -> No
     dns_flags = any(cfg.get(k) for k in ("dns", "dns_search", "dns_opt", "dns_domain", "hosts_entries"))
     if net in ("host", "none") and not dns_flags:
         return  # the fast path: nothing to set up (nspawn makes `none` with --private-network)
-    from rktd_units.pods import optional_module
+    from rktd_units import network
 
-    network = optional_module("rktd_units.network")
-    if network is None:
-        raise PodError(
-            f"--net={net}: CNI networking is not available yet", hint="use --net=host or --net=none"
-        )
     ports = _port_forwards(network, cfg, opts)
     dns = network.DnsOptions(
         servers=tuple(cfg.get("dns") or ()),
@@ -691,8 +682,7 @@ def _setup_network(pod_dir: PodDir, cfg: dict[str, Any], opts: RunOptions) -> No
     )
     cfg["netns"] = result.netns_path
     for app in cfg["apps"]:
-        _network_files(app, result)
-    pod_dir.write_atomic(STAGE1_CONFIG, json.dumps(cfg, indent=1, sort_keys=True).encode(), durable=False)
+        _network_files(app, result)  # stage1 writes the config with these before anything reads it
 
 
 def _network_files(app: dict[str, Any], result: Any) -> None:

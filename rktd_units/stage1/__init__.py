@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from rktd_units.errors import PodError
+from rktd_units.fsutil import write_atomic
 from rktd_units.stage1.init import MS_RDONLY, bind, ensure_mountpoint, in_root, mount
 
 TYPE_CHECKING = False  # typing is imported only for the type checker: it is on every pod start
@@ -85,14 +86,15 @@ def mount_app(pod_path: Path, app: dict[str, Any], target: str) -> None:
         bind(source, dst, read_only=bool(m.get("read_only")))
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """A file only root reads: the pod's config holds its environment (secrets of --set-env)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+def write_config(pod_path: Path, cfg: dict[str, Any]) -> None:
+    """The pod's stage1.json as stage1 runs it, replaced atomically (`rktd list` and gc read it while
+    the pod runs); root-only: it holds the environment (secrets of --set-env)."""
+    import json
+
+    from rktd_units.pods import STAGE1_CONFIG
+
+    data = json.dumps(cfg, indent=1, sort_keys=True).encode()
+    write_atomic(pod_path / STAGE1_CONFIG, data, 0o600, durable=False)
 
 
 def listen_fd_names() -> list[str]:

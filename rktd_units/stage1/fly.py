@@ -13,7 +13,6 @@ the app, whatever its status, and exits with the app's status as the nspawn init
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 from rktd_units.errors import PodError
-from rktd_units.stage1 import STAGE2, assign_listen_fds, mount_app, setup_cgroups, write_private
+from rktd_units.stage1 import STAGE2, assign_listen_fds, mount_app, setup_cgroups, write_config
 from rktd_units.stage1.init import (
     become,
     bind,
@@ -139,7 +138,7 @@ def exec_pod(pod_path: Path, cfg: dict[str, Any]) -> NoReturn:
     rootfs.mkdir(parents=True, exist_ok=True)
     assign_listen_fds(cfg)
     cgroup_dirs = setup_cgroups(pod_path, cfg)
-    write_private(pod_path / "stage1.json", json.dumps(cfg, indent=1, sort_keys=True).encode())
+    write_config(pod_path, cfg)
     unshare_mounts()
     mount_app(pod_path, app, str(rootfs))
     _host_mounts(str(rootfs))

@@ -14,11 +14,11 @@ is documented at the top of stage1-init/config.c; `init_config` writes it).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from rktd_units.errors import PodError
+from rktd_units.fsutil import write_atomic
 from rktd_units.pods import STATUS_DIR
 from rktd_units.stage1 import (
     STAGE2,
@@ -26,7 +26,7 @@ from rktd_units.stage1 import (
     mount_app,
     notice,
     setup_cgroups,
-    write_private,
+    write_config,
 )
 from rktd_units.stage1.init import DEFAULT_APP_CAPS, bind, ensure_mountpoint, mount, unshare_mounts
 
@@ -273,8 +273,8 @@ def exec_pod(pod_path: Path, cfg: dict[str, Any]) -> NoReturn:
     assign_listen_fds(cfg)
     cgroup_dirs = setup_cgroups(pod_path, cfg)
     confine_image_caps(cfg)
-    write_private(pod_path / "stage1.json", json.dumps(cfg, indent=1, sort_keys=True).encode())
-    write_private(pod_path / "init.cfg", init_config(cfg))
+    write_config(pod_path, cfg)
+    write_atomic(pod_path / "init.cfg", init_config(cfg), 0o600, durable=False)
     os.makedirs(pod_path / STATUS_DIR, mode=0o700, exist_ok=True)
     argv = nspawn_argv(root, cfg)
     if registers_itself(cfg):
