@@ -24,6 +24,7 @@ from rktd_units.cli import parse_images as parse_images
 from rktd_units.cli import parse_mount as parse_mount
 from rktd_units.cli import parse_volume as parse_volume
 from rktd_units.errors import PodError, UsageError
+from rktd_units.pods import children
 
 if TYPE_CHECKING:
     from rktd_units.pods import PodDir
@@ -182,24 +183,13 @@ def status(ctx: click.Context, fmt: str, wait: bool, pod: str) -> None:
 # -- stop, enter, gc, rm ----------------------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out += [int(x) for x in f.read().split()]
-    except OSError:
-        pass
-    return out
-
-
 def _descendants(pid: int) -> list[int]:
     out: list[int] = []
     todo = [pid]
     while todo and len(out) < 100_000:
         p = todo.pop()
         out.append(p)
-        todo += _children(p)
+        todo += children(p)
     return out
 
 
@@ -229,10 +219,10 @@ def pod_init_pid(pod_dir: Any) -> int:
         raise PodError(f"pod {pod_dir.uuid} is not running")
     if pod_dir.config().get("stage1") == "fly":
         return int(pid)
-    children = _children(pid)
-    if not children:
+    kids = children(pid)
+    if not kids:
         raise PodError(f"pod {pod_dir.uuid}: its init is not running yet")
-    return children[0]
+    return kids[0]
 
 
 def stop_pod(pod_dir: Any, *, force: bool, timeout: float | None) -> None:

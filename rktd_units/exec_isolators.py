@@ -32,7 +32,6 @@ SECCOMP_RETAIN = "os/linux/seccomp-retain-set"
 OOM_SCORE_ADJ = "os/linux/oom-score-adj"
 APPARMOR = "os/linux/apparmor-profile"
 SELINUX = "os/linux/selinux-context"
-NAMES = (SECCOMP_REMOVE, SECCOMP_RETAIN, OOM_SCORE_ADJ, APPARMOR, SELINUX)
 
 APPARMOR_ENABLED = "/sys/module/apparmor/parameters/enabled"
 SELINUX_FS = "/sys/fs/selinux"

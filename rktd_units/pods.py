@@ -241,6 +241,22 @@ class PodDir:
         ]
 
 
+def children(pid: int) -> list[int]:
+    """The pids of `pid`'s children (of all its threads); none if it is gone."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as f:
+                out += [int(x) for x in f.read().split()]
+        except OSError:
+            continue
+    return out
+
+
 def flock_holders() -> set[tuple[int, int]]:
     """(pid, inode) of every flock(2) lock held now, from /proc/locks."""
     out = set()

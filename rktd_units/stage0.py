@@ -278,9 +278,10 @@ def app_spec(r: Resolved, ra: RuntimeApp, pod: Pod, opts: RunOptions, pod_path: 
     layers = r.layers or (r.rootfs,)
     uid, home = resolve_user(layers, (arg and arg.user) or app.user)
     gid = resolve_group(layers, (arg and arg.group) or app.group)
-    isolators = _isolators(pod, app, arg)
+    merged = {i.name: i.value for i in (*pod.isolators, *app.isolators)}  # the app's override the pod's
+    isolators = _isolators(merged, arg)
     isolators["image_caps"] = _retain_from_image(r, app, arg)
-    isolators.update(_exec_isolators(pod, app, ra.name, opts))
+    isolators.update(_exec_isolators(merged, ra.name, opts))
     env = _environment(app, arg, opts, ra.name, home)
     socket_ports = [port.name for a, port, _ in pod.socket_activated_ports() if a.name == ra.name]
     read_only = arg.readonly_rootfs if arg and arg.readonly_rootfs is not None else ra.read_only_rootfs
@@ -499,10 +500,9 @@ def _retain_from_image(r: Resolved, app: App, arg: ImageArg | None) -> bool:
 _EXEC_ISOLATORS = ("os/linux/seccomp-", "os/linux/oom-", "os/linux/apparmor-", "os/linux/selinux-")
 
 
-def _exec_isolators(pod: Pod, app: App, name: str, opts: RunOptions) -> dict[str, Any]:
+def _exec_isolators(values: dict[str, Any], name: str, opts: RunOptions) -> dict[str, Any]:
     """seccomp, OOM score, AppArmor and SELinux (rktd_units/exec_isolators.py, imported only when a
-    pod has one of them): the app's own isolators override the pod's."""
-    values = {i.name: i.value for i in (*pod.isolators, *app.isolators)}
+    pod has one of them), from the app's merged isolator values."""
     if not any(n.startswith(_EXEC_ISOLATORS) for n in values):
         return {}
     from rktd_units.exec_isolators import exec_isolators
@@ -510,11 +510,9 @@ def _exec_isolators(pod: Pod, app: App, name: str, opts: RunOptions) -> dict[str
     return exec_isolators(values, name, no_seccomp="seccomp" in opts.insecure)
 
 
-def _isolators(pod: Pod, app: App, arg: ImageArg | None) -> dict[str, Any]:
-    """Pod isolators, overridden by the app's, overridden by the command line."""
-    values: dict[str, Any] = {}
-    for iso in (*pod.isolators, *app.isolators):
-        values[iso.name] = iso.value
+def _isolators(values: dict[str, Any], arg: ImageArg | None) -> dict[str, Any]:
+    """The app's merged isolator values (pod's, overridden by the app's), overridden by the command
+    line."""
     out: dict[str, Any] = {"memory": None, "cpu_millis": None, "caps_retain": None, "caps_remove": []}
     mem = values.get("resource/memory")
     if isinstance(mem, dict) and mem.get("limit"):
@@ -522,7 +520,7 @@ def _isolators(pod: Pod, app: App, arg: ImageArg | None) -> dict[str, Any]:
     cpu = values.get("resource/cpu")
     if isinstance(cpu, dict) and cpu.get("limit"):
         out["cpu_millis"] = parse_quantity(cpu["limit"], millis=True)
-    retain = values.get("os/linux/capabilities-retain-set")
+    retain = values.get(RETAIN_SET)
     if isinstance(retain, dict):
         out["caps_retain"] = list(retain.get("set", []))
     remove = values.get("os/linux/capabilities-remove-set")

@@ -202,8 +202,8 @@ def setup_cgroups(pod_path: Path, cfg: dict[str, Any]) -> dict[str, str]:
     mounts = _v1_mounts()
     if not mounts and os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
         for app in cfg["apps"]:
-            if _v2_limits(app):
-                app["cgroup_v2"] = _v2_limits(app)
+            if limits := _v2_limits(app):
+                app["cgroup_v2"] = limits
         if cfg.get("stage1") != "fly":
             return {}
         app, base = cfg["apps"][0], "/sys/fs/cgroup" + _own_v1_path("").rstrip("/")

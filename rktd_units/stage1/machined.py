@@ -19,6 +19,8 @@ import os
 import time
 from pathlib import Path
 
+from rktd_units.pods import children
+
 TYPE_CHECKING = False  # typing is imported only for the type checker: it is on every pod start
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -111,7 +113,7 @@ def container_leader(nspawn_pid: int) -> int | None:
         if pid in seen:
             continue
         seen.add(pid)
-        for child in _children(pid):
+        for child in children(pid):
             if child != nspawn_pid and _is_pid1(child):
                 return child
             todo.append(child)
@@ -129,21 +131,6 @@ def wait_leader(nspawn_pid: int, timeout: float) -> int | None:
             return leader
         time.sleep(step)
         step = min(step * 2, 0.05)
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as f:
-                out += [int(x) for x in f.read().split()]
-        except OSError:
-            continue
-    return out
 
 
 def _is_pid1(pid: int) -> bool:
