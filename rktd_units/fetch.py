@@ -101,15 +101,23 @@ class Http:
     timeout: float = DEFAULT_TIMEOUT
     progress: bool = field(default_factory=lambda: sys.stderr.isatty())
 
-    def __post_init__(self) -> None:
-        ctx = ssl.create_default_context()  # honours SSL_CERT_FILE and SSL_CERT_DIR
-        if not self.verify_tls:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        handlers = [urllib.request.HTTPSHandler(context=ctx), _Redirects(self.allow_http)]
-        self._opener = urllib.request.build_opener(*handlers)
-        # Loopback never goes through a proxy from the environment.
-        self._direct = urllib.request.build_opener(urllib.request.ProxyHandler({}), *handlers)
+    _built: tuple[urllib.request.OpenerDirector, urllib.request.OpenerDirector] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def _openers(self) -> tuple[urllib.request.OpenerDirector, urllib.request.OpenerDirector]:
+        """(through the environment's proxies, direct), built on first use: loading the system's CAs
+        costs ~20 ms, and a pod whose image is already in the store never opens a URL."""
+        if self._built is None:
+            ctx = ssl.create_default_context()  # honours SSL_CERT_FILE and SSL_CERT_DIR
+            if not self.verify_tls:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            handlers = [urllib.request.HTTPSHandler(context=ctx), _Redirects(self.allow_http)]
+            # Loopback never goes through a proxy from the environment.
+            direct = urllib.request.build_opener(urllib.request.ProxyHandler({}), *handlers)
+            self._built = (urllib.request.build_opener(*handlers), direct)
+        return self._built
 
     def check_url(self, url: str) -> None:
         scheme = urllib.parse.urlsplit(url).scheme
@@ -126,7 +134,8 @@ class Http:
         for k, v in (headers or {}).items():
             # Unredirected: credentials are not sent on to where a registry redirects blobs.
             req.add_unredirected_header(k, v)
-        opener = self._direct if _is_loopback(urllib.parse.urlsplit(url).hostname) else self._opener
+        proxied, direct = self._openers()
+        opener = direct if _is_loopback(urllib.parse.urlsplit(url).hostname) else proxied
         try:
             resp = opener.open(req, timeout=self.timeout)
         except urllib.error.HTTPError as e:
