@@ -59,7 +59,6 @@ from rktd_units.errors import ManifestError
 from rktd_units.formats.kube_yaml import (
     _at,
     _bool,
-    _fail,
     _int,
     _kind,
     _list,
@@ -69,6 +68,7 @@ from rktd_units.formats.kube_yaml import (
     key_text,
     parse_yaml,
 )
+from rktd_units.formats.schema import fail as _fail
 from rktd_units.model import (
     App,
     ImageRef,
@@ -85,6 +85,7 @@ from rktd_units.model import (
     VolumeKind,
 )
 from rktd_units.names import AC_IDENTIFIER_RE, AC_NAME_RE
+from rktd_units.stage1.init import CAPABILITIES, DEFAULT_APP_CAPS
 
 
 @dataclass(frozen=True)
@@ -193,24 +194,10 @@ DNS_POLICIES = ("ClusterFirst", "ClusterFirstWithHostNet", "Default", "None")
 RETAIN_SET = "os/linux/capabilities-retain-set"
 REMOVE_SET = "os/linux/capabilities-remove-set"
 
-ALL_CAPS = frozenset(
-    "CAP_" + c
-    for c in (
-        "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE"
-        " NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER SYS_MODULE SYS_RAWIO"
-        " SYS_CHROOT SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE SYS_RESOURCE SYS_TIME"
-        " SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP MAC_OVERRIDE MAC_ADMIN SYSLOG"
-        " WAKE_ALARM BLOCK_SUSPEND AUDIT_READ PERFMON BPF CHECKPOINT_RESTORE"
-    ).split()
-)
-# The set container runtimes (Docker, containerd, CRI-O, rkt) give a container by default.
-DEFAULT_CAPS = frozenset(
-    "CAP_" + c
-    for c in (
-        "AUDIT_WRITE CHOWN DAC_OVERRIDE FOWNER FSETID KILL MKNOD NET_BIND_SERVICE NET_RAW SETFCAP"
-        " SETGID SETPCAP SETUID SYS_CHROOT"
-    ).split()
-)
+# Kubernetes names capabilities without the prefix; these are stage1's own tables (the C init's
+# default set is checked against DEFAULT_APP_CAPS by the tests), so `drop:` means what the pod gets.
+ALL_CAPS = frozenset(CAPABILITIES)
+DEFAULT_CAPS = frozenset(DEFAULT_APP_CAPS)  # the container runtimes' default set (Docker's, rkt's)
 
 _KEY_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?\Z")
 _DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")

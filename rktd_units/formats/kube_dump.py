@@ -33,7 +33,8 @@ from rktd_units.formats.kube import (
     _pod,
     escape,
 )
-from rktd_units.formats.kube_yaml import _at, _fail, _show
+from rktd_units.formats.kube_yaml import _at, _show
+from rktd_units.formats.schema import fail as _fail
 from rktd_units.model import App, ImageRef, Isolator, Pod, PodPort, Port, RuntimeApp, VolumeKind
 
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)

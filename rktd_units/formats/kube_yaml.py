@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from rktd_units.errors import ManifestError
 from rktd_units.formats.schema import describe
+from rktd_units.formats.schema import fail as _fail
 
 MAX_BYTES = 1 << 20  # a pod manifest is a few KiB; more is a mistake or an attack
 MAX_NODES = 50_000  # YAML nodes after expanding aliases
@@ -26,10 +26,6 @@ MAX_DEPTH = 64
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE = "tag:yaml.org,2002:merge"
 _BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
-
-
-def _fail(field: str, message: str, hint: str | None = None) -> ManifestError:
-    return ManifestError(None, field, message, hint=hint)
 
 
 def key_text(key: str) -> str:
