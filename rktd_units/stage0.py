@@ -199,7 +199,7 @@ def resolve_images(pod: Pod, opts: RunOptions) -> list[Resolved]:
         if info.manifest.path_whitelist:  # only the whitelisted paths: one rendered tree, made once
             lowers: tuple[Path, ...] = (store.rendered(layers),)
         else:
-            lowers = tuple(store.rootfs(i) for i in ids)
+            lowers = tuple(store.rootfs_of(layer) for layer in reversed(layers))
         out.append(Resolved(ra, info.id, info.manifest, lowers[0], lowers, ids))
     return out
 
@@ -212,7 +212,7 @@ def _layers(store: Any, info: Any, opts: RunOptions) -> list[Any]:
     tried: set[str] = set()
     while True:
         try:
-            return list(store.layers(info.id))
+            return list(store.layers(info))
         except MissingDependency as e:
             if opts.pull_policy == "never" or e.wanted in tried:
                 raise

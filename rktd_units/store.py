@@ -439,13 +439,18 @@ class Store:
         """The image's extracted rootfs: shared by every pod of the image, never to be written."""
         return self.image_dir(image_id) / "rootfs"
 
-    def layers(self, image_id: str) -> builtins.list[ImageInfo]:
-        """The image and its appc dependencies, bottom first (a dependency's own dependencies before it):
-        the rootfs dirs to stack (overlayfs `lowerdir`, top first there) or to render in this order.
-        ImageError if a dependency is not in the store or the dependencies form a cycle.
+    def rootfs_of(self, info: ImageInfo) -> Path:
+        """`rootfs()` of an image already loaded (no lookup of its ID in the store again)."""
+        return (info.path or self.image_dir(info.id)) / "rootfs"
+
+    def layers(self, image: str | ImageInfo) -> builtins.list[ImageInfo]:
+        """The image (an ID, or its info already loaded) and its appc dependencies, bottom first (a
+        dependency's own dependencies before it): the rootfs dirs to stack (overlayfs `lowerdir`, top
+        first there) or to render in this order. ImageError if a dependency is not in the store or the
+        dependencies form a cycle.
         """
         out: builtins.list[ImageInfo] = []
-        self._add_layers(self.get(image_id), out, ())
+        self._add_layers(image if isinstance(image, ImageInfo) else self.get(image), out, ())
         return out
 
     def _add_layers(self, info: ImageInfo, out: builtins.list[ImageInfo], path: tuple[str, ...]) -> None:
