@@ -223,15 +223,17 @@ class Registry:
             raise ImageError(f"unsupported blob digest {digest!r}", hint="only sha256 is supported")
         url = f"{self.base}/v2/{self.ref.repository}/blobs/{digest}"
 
+        h = hashlib.sha256()  # checked as it is downloaded, not read back: layers can be gigabytes
+
         def call() -> None:
+            nonlocal h
+            h = hashlib.sha256()  # afresh on a retry (after a 401)
             with open(dest, "wb") as f:
-                self.http.download(url, f, headers=self._headers(), label=label or digest[:19], limit=limit)
+                self.http.download(
+                    url, f, headers=self._headers(), label=label or digest[:19], limit=limit, hasher=h
+                )
 
         self._with_auth(call)
-        h = hashlib.sha256()
-        with open(dest, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
         if "sha256:" + h.hexdigest() != digest:
             raise ImageError(f"blob {digest} of {self.ref.original}: content does not match its digest")
 

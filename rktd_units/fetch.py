@@ -34,6 +34,8 @@ from rktd_units.errors import ImageError, TrustError
 from rktd_units.model import ImageManifest, ImageRef
 
 if TYPE_CHECKING:
+    import hashlib
+
     from rktd_units.appc_discovery import AppRef
     from rktd_units.store import ImageInfo, Store
     from rktd_units.trust import KeyStore
@@ -167,8 +169,10 @@ class Http:
         headers: Mapping[str, str] | None = None,
         limit: int | None = None,
         label: str | None = None,
+        hasher: hashlib._Hash | None = None,
     ) -> int:
-        """Stream `url` into `dest`; the byte count. Progress on stderr when it is a terminal."""
+        """Stream `url` into `dest`; the byte count. Progress on stderr when it is a terminal.
+        `hasher` (a hashlib object) is updated with every chunk written."""
         from rktd_units.aci import tty_progress
 
         with self.open(url, headers) as resp:
@@ -181,6 +185,8 @@ class Http:
                     if limit is not None and n > limit:
                         raise HttpError(f"{url}: larger than the limit of {limit} bytes")
                     dest.write(chunk)
+                    if hasher is not None:
+                        hasher.update(chunk)
                     if bar:
                         bar(n)
             except (OSError, http.client.HTTPException) as e:
